@@ -1,0 +1,183 @@
+"""Accrete's one typed configuration, loaded from one TOML file; every default works out of the box.
+
+A file holds any subset of the sections below, e.g.::
+
+    [model]
+    dim = 32
+    init = "fold_in"
+
+    [train]
+    epochs = 3
+
+Unknown sections or keys are an error naming them, so a typo never silently falls back to a default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import ConfigError
+
+INIT_STRATEGIES = ("normal", "mean", "metadata", "fold_in", "uniform")
+OBJECTIVES = ("retrieval", "rating")
+BIAS_POLICIES = ("frozen", "trainable")
+FREQUENCIES = ("day", "week", "month")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    # Length of one partition's period; a data directory's `_accrete.json` (written by `generate` and
+    # `convert`) overrides it.
+    freq: str = "day"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    dim: int = 32
+    objective: str = "retrieval"
+    use_bias: bool = True
+    # "trainable": every row's bias trains (old items follow popularity shifts; vectors stay frozen).
+    # "frozen": biases freeze with their rows.
+    bias_policy: str = "trainable"
+    init: str = "fold_in"
+    # Rows created in the last `warmup_days` periods stay trainable; 0 trains only today's new rows.
+    warmup_days: int = 0
+    # 0.0 freezes old rows exactly; a small positive value fine-tunes them instead (they then carry
+    # optimizer state and are no longer bit-identical).
+    frozen_lr_multiplier: float = 0.0
+    # L2 penalty on the rows looked up in a batch (never on the whole table).
+    l2: float = 1e-5
+    # Ridge strength of the closed-form fold-in initialization.
+    fold_in_l2: float = 1.0
+    # logQ correction of in-batch softmax by item frequency (retrieval objective only).
+    sampling_bias_correction: bool = False
+    # Softmax temperature of the retrieval task.
+    temperature: float = 1.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 3
+    learning_rate: float = 0.1
+    batch_size: int = 1024
+    optimizer: str = "adagrad"
+    # Replayed old interactions per new interaction in an incremental step.
+    replay_ratio: float = 1.0
+    reservoir_capacity: int = 200_000
+    # Epochs of a full retrain (from scratch, every row trainable).
+    retrain_epochs: int = 10
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    ks: tuple[int, ...] = (10, 50)
+    # Users scored per batched matrix product.
+    user_batch: int = 2048
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    # Train a full retrain on this many most recent days only (None: all history).
+    window_days: int | None = None
+    # Drop IDs inactive for this many days when a full retrain compacts the vocabulary (None: keep all).
+    compact_inactive_days: int | None = None
+
+
+@dataclass(frozen=True)
+class DriftConfig:
+    # Thresholds per metric; a metric past its threshold for `patience` consecutive steps triggers a
+    # full retrain. None disables a metric's trigger (it is still computed and recorded).
+    psi_item_popularity: float | None = 0.25
+    psi_user_activity: float | None = 0.25
+    rating_js_divergence: float | None = 0.1
+    new_user_share: float | None = None
+    new_item_share: float | None = None
+    # Retrain when smoothed Recall@10 falls below this fraction of its level after the last retrain.
+    quality_ratio_min: float | None = 0.7
+    quality_smoothing_steps: int = 3
+    stale_row_share: float | None = None
+    stale_interaction_share: float | None = None
+    new_row_norm_ratio: float | None = None
+    patience: int = 2
+    cooldown_days: int = 7
+    max_days_since_full_retrain: int = 90
+    psi_bins: int = 10
+    psi_floor: float = 1e-4
+
+
+@dataclass(frozen=True)
+class AccreteConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
+    drift: DriftConfig = field(default_factory=DriftConfig)
+
+    @classmethod
+    def load(cls, path: str | Path | None) -> AccreteConfig:
+        """The configuration in a TOML file, over the defaults; the defaults alone when `path` is None."""
+        if path is None:
+            return cls()
+        path = Path(path)
+        try:
+            raw = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: configuration file not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        return cls.from_dict(raw, source=str(path))
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str = "configuration") -> AccreteConfig:
+        sections = {f.name: f for f in dataclasses.fields(cls)}
+        built = {}
+        for name, values in raw.items():
+            if name not in sections:
+                raise ConfigError(f"{source}: unknown section [{name}] (known: {', '.join(sections)})")
+            section_cls = sections[name].default_factory
+            known = {f.name for f in dataclasses.fields(section_cls)}
+            unknown = set(values) - known
+            if unknown:
+                raise ConfigError(f"{source}: unknown key(s) {sorted(unknown)} in [{name}]")
+            if "ks" in values:
+                values = {**values, "ks": tuple(values["ks"])}
+            built[name] = section_cls(**values)
+        config = cls(**built)
+        config.validate(source)
+        return config
+
+    def replace(self, **sections: dict[str, Any]) -> AccreteConfig:
+        """A copy with some fields of some sections changed: `config.replace(model={"init": "mean"})`."""
+        changed = {name: dataclasses.replace(getattr(self, name), **values) for name, values in sections.items()}
+        config = dataclasses.replace(self, **changed)
+        config.validate("configuration")
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self, source: str) -> None:
+        checks = [
+            (self.data.freq in FREQUENCIES, f"[data] freq must be one of {FREQUENCIES}"),
+            (self.model.init in INIT_STRATEGIES, f"[model] init must be one of {INIT_STRATEGIES}"),
+            (self.model.objective in OBJECTIVES, f"[model] objective must be one of {OBJECTIVES}"),
+            (self.model.bias_policy in BIAS_POLICIES, f"[model] bias_policy must be one of {BIAS_POLICIES}"),
+            (self.model.dim > 0, "[model] dim must be positive"),
+            (self.model.warmup_days >= 0, "[model] warmup_days must be >= 0"),
+            (0.0 <= self.model.frozen_lr_multiplier <= 1.0, "[model] frozen_lr_multiplier must be in [0, 1]"),
+            (self.train.optimizer in ("adagrad", "adam", "sgd"), "[train] optimizer must be adagrad, adam or sgd"),
+            (self.train.epochs >= 0 and self.train.retrain_epochs >= 1, "[train] epochs must be >= 0"),
+            (self.train.batch_size > 0, "[train] batch_size must be positive"),
+            (self.train.replay_ratio >= 0, "[train] replay_ratio must be >= 0"),
+            (self.train.reservoir_capacity >= 0, "[train] reservoir_capacity must be >= 0"),
+            (self.drift.patience >= 1, "[drift] patience must be >= 1"),
+            (self.drift.psi_bins >= 2, "[drift] psi_bins must be >= 2"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(f"{source}: {message}")
