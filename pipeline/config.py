@@ -105,6 +105,9 @@ class DriftConfig:
     patience: int = 2
     cooldown_days: int = 7
     max_days_since_full_retrain: int = 90
+    # The drift reference after a full retrain: its training data from this many days before the as-of
+    # date; every incremental partition since then is added to it.
+    reference_days: int = 28
     psi_bins: int = 10
     psi_floor: float = 1e-4
 

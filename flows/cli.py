@@ -1,0 +1,255 @@
+"""The `accrete` command line: a thin layer over `flows` (runs) and `pipeline` (everything else).
+
+Heavy imports (TensorFlow, Prefect) happen inside the commands that need them, so `accrete --help`,
+`status` and `export` stay fast. A user's mistake ends in one line on stderr and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from pipeline.errors import AccreteError
+
+DEFAULT_DATA = "data"
+DEFAULT_STORE = "store"
+
+
+def _date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
+def _config(args: argparse.Namespace):
+    from pipeline.config import AccreteConfig
+
+    return AccreteConfig.load(args.config)
+
+
+def _print(payload: Any, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(payload, indent=2, sort_keys=True, default=str))
+    elif isinstance(payload, str):
+        print(payload)
+    else:
+        for key, value in payload.items():
+            print(f"{key}: {value}")
+
+
+# ----- commands ------------------------------------------------------------------------------------
+def cmd_generate(args: argparse.Namespace) -> None:
+    from pipeline.synthetic import generate_world
+
+    started = time.perf_counter()
+    summary = generate_world(args.out, days=args.days, seed=args.seed, shift_day=args.shift_day,
+                             interactions_per_day=args.interactions_per_day, with_ratings=args.ratings)
+    summary["seconds"] = round(time.perf_counter() - started, 2)
+    _print(summary, args.json)
+
+
+def cmd_convert(args: argparse.Namespace) -> None:
+    from pipeline.movielens import convert_movielens
+
+    _print(convert_movielens(args.path, args.out, freq=args.freq), args.json)
+
+
+def cmd_retrain(args: argparse.Namespace) -> None:
+    from flows.flows import full_retrain
+
+    result = full_retrain(data=str(args.data), store=str(args.store), as_of=args.as_of.isoformat(),
+                          window_days=args.window_days, config_path=args.config)
+    _print(result, args.json)
+
+
+def cmd_nightly(args: argparse.Namespace) -> None:
+    from flows.flows import nightly
+
+    result = nightly(data=str(args.data), store=str(args.store),
+                     date=args.date.isoformat() if args.date else None, force=args.force, config_path=args.config)
+    _print(result, args.json)
+
+
+def cmd_backfill(args: argparse.Namespace) -> None:
+    from flows.flows import backfill
+
+    if args.end < args.start:
+        raise AccreteError(f"--end {args.end} is before --start {args.start}")
+    result = backfill(data=str(args.data), store=str(args.store), start=args.start.isoformat(),
+                      end=args.end.isoformat(), config_path=args.config, progress_bar=not args.json)
+    _print(result, args.json)
+    if result.get("failed"):
+        raise SystemExit(1)
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from pipeline.exports import export_delta, export_version
+
+    if args.delta_since is not None:
+        summary = export_delta(args.store, args.out, since=args.delta_since, version=args.version)
+    else:
+        summary = export_version(args.store, args.out, version=args.version)
+    _print(summary, args.json)
+
+
+def cmd_recommend(args: argparse.Namespace) -> None:
+    from pipeline.recommend import recommend
+
+    rows = recommend(args.store, args.user, args.k, version=args.version)
+    _print(rows if args.json else "\n".join(f"{r['rank']:>3}  {r['item_id']}  {r['score']:.4f}" for r in rows), args.json)
+
+
+def cmd_similar(args: argparse.Namespace) -> None:
+    from pipeline.recommend import similar
+
+    rows = similar(args.store, args.item, args.k, version=args.version)
+    _print(rows if args.json else "\n".join(f"{r['rank']:>3}  {r['item_id']}  {r['score']:.4f}" for r in rows), args.json)
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    from pipeline.status import store_status, format_status
+
+    status = store_status(args.store)
+    print(json.dumps(status, indent=2, sort_keys=True, default=str) if args.json else format_status(status))
+
+
+def cmd_dashboard(args: argparse.Namespace) -> None:
+    from pipeline.dashboard import build_dashboard, serve_dashboard
+
+    out = Path(args.out) if args.out else Path(args.store) / "dashboard.html"
+    started = time.perf_counter()
+    build_dashboard(args.store, out)
+    print(f"dashboard written to {out.resolve()} in {time.perf_counter() - started:.1f} s")
+    if args.serve:
+        serve_dashboard(out, port=args.serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from flows.deployments import serve
+
+    serve(data=str(args.data), store=str(args.store), cron=args.cron, timezone=args.timezone, config_path=args.config)
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from flows.demo import run_demo
+
+    run_demo(Path(args.workdir), days=args.days, shift_day=args.shift_day, seed=args.seed)
+
+
+# ----- parser --------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="accrete", description="Incremental item-embedding pipeline: frozen old rows, trainable new rows, "
+                                    "replay, drift-triggered full retrains.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, handler: Callable, help_text: str, *, data=False, store=False, config=False):
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(handler=handler)
+        if data:
+            p.add_argument("--data", type=Path, default=Path(DEFAULT_DATA), help="data directory (default: ./data)")
+        if store:
+            p.add_argument("--store", type=Path, default=Path(DEFAULT_STORE), help="model store (default: ./store)")
+        if config:
+            p.add_argument("--config", type=Path, default=os.environ.get("ACCRETE_CONFIG"),
+                           help="TOML configuration file (default: $ACCRETE_CONFIG or built-in defaults)")
+        p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+        return p
+
+    p = command("demo", cmd_demo, "Generate a synthetic world with a regime shift, bootstrap, backfill every day "
+                                  "(a drift-triggered retrain happens), write the dashboard and summarise.")
+    p.add_argument("--workdir", default="demo", help="where data, store and dashboard go (default: ./demo)")
+    p.add_argument("--days", type=_positive, default=40)
+    p.add_argument("--shift-day", type=_positive, default=25)
+    p.add_argument("--seed", type=int, default=0)
+
+    p = command("generate", cmd_generate, "Write a synthetic world as Parquet partitions (ground-truth factors, "
+                                          "arrivals, power-law popularity, optional regime shift).")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--days", type=_positive, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shift-day", type=_positive, default=None, help="day from which preferences change")
+    p.add_argument("--interactions-per-day", type=_positive, default=6000)
+    p.add_argument("--ratings", action="store_true", help="also write explicit ratings")
+
+    p = command("convert", cmd_convert, "Convert a public dataset to Accrete partitions.")
+    p.add_argument("dataset", choices=["movielens"])
+    p.add_argument("path", type=Path, help="MovieLens folder (ratings.csv/movies.csv or u.data/u.item)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--freq", choices=["day", "week", "month"], default="week")
+
+    p = command("retrain", cmd_retrain, "Full retrain from scratch on the partitions up to --as-of (a new generation; "
+                                        "on an empty store, the first version).", data=True, store=True, config=True)
+    p.add_argument("--as-of", type=_date, required=True)
+    p.add_argument("--window-days", type=_positive, default=None)
+
+    p = command("nightly", cmd_nightly, "One incremental step (default: the oldest pending partition), then the drift "
+                                        "decision; a due retrain runs at once.", data=True, store=True, config=True)
+    p.add_argument("--date", type=_date, default=None)
+    p.add_argument("--force", action="store_true", help="redo the latest step even though it was applied")
+
+    p = command("backfill", cmd_backfill, "Apply every partition in a date range, in order, skipping applied ones; "
+                                          "stops at the first failure, a rerun resumes.", data=True, store=True, config=True)
+    p.add_argument("--start", type=_date, required=True)
+    p.add_argument("--end", type=_date, required=True)
+
+    p = command("export", cmd_export, "Export every row of a version, or the delta since another, as Parquet.", store=True)
+    p.add_argument("--version", type=_positive, default=None)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--delta-since", type=_positive, default=None)
+
+    p = command("recommend", cmd_recommend, "Top-K items for a user (seen items excluded).", store=True)
+    p.add_argument("--user", required=True)
+    p.add_argument("-k", type=_positive, default=10)
+    p.add_argument("--version", type=_positive, default=None)
+
+    p = command("similar", cmd_similar, "The K items nearest to an item.", store=True)
+    p.add_argument("--item", required=True)
+    p.add_argument("-k", type=_positive, default=10)
+    p.add_argument("--version", type=_positive, default=None)
+
+    command("status", cmd_status, "Current version, lineage and per-version metrics.", store=True)
+
+    p = command("dashboard", cmd_dashboard, "Build the self-contained drift dashboard (HTML), optionally serve it.",
+                store=True)
+    p.add_argument("--out", default=None, help="HTML file (default: STORE/dashboard.html)")
+    p.add_argument("--serve", type=_positive, default=None, metavar="PORT", help="serve it on 127.0.0.1:PORT")
+
+    p = command("serve", cmd_serve, "Serve the Prefect deployments: nightly (cron), backfill and full-retrain.",
+                data=True, store=True, config=True)
+    p.add_argument("--cron", default="0 2 * * *")
+    p.add_argument("--timezone", default="UTC")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.handler(args)
+    except AccreteError as exc:
+        print(f"accrete {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"accrete {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""Exports for downstream systems: every row of a version, or only the delta since an older version.
+
+Schema (one row per vocabulary row, the out-of-vocabulary row 0 excluded)::
+
+    entity  string              "user" | "item"
+    id      string
+    row     int64               the embedding row
+    vector  fixed_size_list<float32>[dim]
+    bias    float32
+    change  string              delta exports only: "added" | "changed" | "removed"
+
+A delta since V0 holds the rows added or changed since V0, and the IDs V0 had that were dropped by a
+vocabulary compaction. Every row not in the delta is checked to be byte-identical in both versions, so
+an ANN index built from V0 needs only the delta.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.errors import StoreError
+from pipeline.store import ModelState, Store
+
+
+def _entity_table(entity: str, ids: pa.Array, rows: np.ndarray, vectors: np.ndarray, bias: np.ndarray,
+                  change: str | None = None) -> pa.Table:
+    dim = vectors.shape[1]
+    flat = pa.array(np.ascontiguousarray(vectors[rows], dtype=np.float32).reshape(-1))
+    columns = {
+        "entity": pa.array(np.full(len(rows), entity, dtype=object), pa.string()),
+        "id": ids.take(pa.array(rows)) if len(rows) else pa.array([], pa.string()),
+        "row": pa.array(rows.astype(np.int64)),
+        "vector": pa.FixedSizeListArray.from_arrays(flat, dim),
+        "bias": pa.array(bias[rows].astype(np.float32)),
+    }
+    if change is not None:
+        columns["change"] = pa.array(np.full(len(rows), change, dtype=object), pa.string())
+    return pa.table(columns)
+
+
+def _tables(state: ModelState, entity: str) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+    if entity == "user":
+        return state.user_vocab.ids, state.user_vectors, state.user_bias
+    return state.item_vocab.ids, state.item_vectors, state.item_bias
+
+
+def export_version(store_dir: str | Path, out: str | Path, *, version: int | None = None) -> dict[str, Any]:
+    """Write every user and item row of a version (default: current) to one Parquet file."""
+    store = Store(store_dir)
+    state = store.load(version)
+    parts = []
+    for entity in ("user", "item"):
+        ids, vectors, bias = _tables(state, entity)
+        parts.append(_entity_table(entity, ids, np.arange(1, len(ids)), vectors, bias))
+    table = pa.concat_tables(parts)
+    _write(table, out, {"version": state.version})
+    return {"version": state.version, "rows": table.num_rows, "out": str(out)}
+
+
+def export_delta(store_dir: str | Path, out: str | Path, *, since: int, version: int | None = None) -> dict[str, Any]:
+    """Write the rows added or changed in `version` (default: current) since version `since`."""
+    store = Store(store_dir)
+    new = store.load(version)
+    if since > new.version:
+        raise StoreError(f"--delta-since {since} is newer than version {new.version}")
+    old = store.load(since)
+    parts, summary = [], {"version": new.version, "since": since}
+    for entity in ("user", "item"):
+        new_ids, new_vectors, new_bias = _tables(new, entity)
+        old_ids, old_vectors, old_bias = _tables(old, entity)
+        new_vocab = new.user_vocab if entity == "user" else new.item_vocab
+        old_vocab = old.user_vocab if entity == "user" else old.item_vocab
+        old_row = new_vocab.mapping_from(old_vocab)  # for each new row, its row in the old version or -1
+        rows = np.arange(1, len(new_ids))
+        mapped = old_row[rows]
+        added = rows[mapped < 0]
+        both = rows[mapped >= 0]
+        both_old = mapped[mapped >= 0]
+        if new_vectors.shape[1] != old_vectors.shape[1]:
+            same = np.zeros(len(both), bool)
+        else:
+            # Byte comparison (float == would call -0.0 and 0.0 equal, and NaN unequal to itself).
+            same = (new_vectors[both].view(np.uint32) == old_vectors[both_old].view(np.uint32)).all(axis=1)
+            same &= new_bias[both].view(np.uint32) == old_bias[both_old].view(np.uint32)
+        changed, unchanged = both[~same], both[same]
+        fine_tuned = any(m["config"]["model"]["frozen_lr_multiplier"] > 0 for m in (new.manifest, old.manifest))
+        if new.manifest["generation"] == old.manifest["generation"] and not fine_tuned:
+            # Within a generation, rows frozen in the old version must be byte-identical in the new one.
+            frozen_from = old.manifest["rows"][f"{entity}_trainable_from"]
+            moved = changed[(old_row[changed] > 0) & (old_row[changed] < frozen_from)]
+            vector_moved = moved[(new_vectors[moved].view(np.uint32) != old_vectors[old_row[moved]].view(np.uint32)).any(axis=1)]
+            if len(vector_moved):
+                raise StoreError(f"delta check failed: {len(vector_moved)} {entity} rows frozen in version {since} "
+                                 f"changed in version {new.version} (first id {new_ids[int(vector_moved[0])]})")
+        present = np.zeros(len(old_ids), bool)
+        present[mapped[mapped >= 0]] = True
+        removed = np.flatnonzero(~present)
+        removed = removed[removed > 0]
+        parts += [
+            _entity_table(entity, new_ids, added, new_vectors, new_bias, "added"),
+            _entity_table(entity, new_ids, changed, new_vectors, new_bias, "changed"),
+            _entity_table(entity, old_ids, removed, old_vectors, old_bias, "removed"),
+        ]
+        summary[entity] = {"added": int(len(added)), "changed": int(len(changed)), "removed": int(len(removed)),
+                           "unchanged_verified": int(len(unchanged))}
+    table = pa.concat_tables(parts)
+    _write(table, out, {"version": new.version, "delta_since": since})
+    summary.update(rows=table.num_rows, out=str(out),
+                   generation_changed=new.manifest["generation"] != old.manifest["generation"])
+    return summary
+
+
+def read_export(path: str | Path) -> pa.Table:
+    """Read an export back (for consumers and tests)."""
+    try:
+        return pq.read_table(path)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise StoreError(f"{path}: not a readable export: {exc}") from None
+
+
+def _write(table: pa.Table, out: str | Path, meta: dict[str, Any]) -> None:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    metadata = {b"accrete": str(meta).encode()}
+    table = table.replace_schema_metadata(metadata)
+    tmp = out.with_name(f".{out.name}.tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(out)

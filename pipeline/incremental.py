@@ -1,0 +1,625 @@
+"""One nightly incremental step, and the full retrain that starts a new generation.
+
+An incremental step for partition D, in order (data flows one way):
+
+1. load the current version; check D is the next partition to apply;
+2. read and validate D; extend the vocabularies with every new ID; extend the tables with a cold
+   initialization (no use of D's interactions);
+3. evaluate the current model on D before training on it (prequential, full ranking);
+4. re-initialize the new rows with the configured strategy (fold-in may now use D's interactions),
+   build the training set: D plus replayed old interactions from the reservoir;
+5. train: only the trainable tail moves, which is verified by checksum;
+6. drift metrics and the retrain decision; publish atomically; append the drift history.
+
+A full retrain trains every row from scratch on the partitions up to an as-of date, and resets the
+drift reference and quality baseline.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import scipy.sparse as sp
+
+from pipeline import contract, decision as decision_mod, drift as drift_mod, evaluation
+from pipeline.config import AccreteConfig
+from pipeline.errors import AccreteError, PartitionOrderError, StoreError
+from pipeline.faults import maybe_fail
+from pipeline.reservoir import ReplayReservoir
+from pipeline.store import ModelState, Store, sha256_of_array
+from pipeline.vocabulary import Vocabulary
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class StepResult:
+    """What one run did: `kind` is "incremental", "full_retrain" or "skipped" (already applied)."""
+
+    kind: str
+    version: int
+    date: dt.date
+    manifest: dict[str, Any] = field(default_factory=dict)
+    message: str = ""
+
+    @property
+    def retrain_due(self) -> bool:
+        return bool(self.manifest.get("drift", {}).get("retrain", False))
+
+
+def _noop(_: str) -> None:
+    pass
+
+
+# ----- choosing the partition ------------------------------------------------------------------------
+def pending_partitions(data_dir: str | Path, store_dir: str | Path) -> list[dt.date]:
+    """Partitions in the data directory after the last one the current version consumed, in date order."""
+    store = Store(store_dir)
+    store.require_current()
+    applied = [dt.date.fromisoformat(d) for d in store.manifest()["partitions"]]
+    last = max(applied)
+    return [d for d in contract.list_partitions(data_dir) if d > last]
+
+
+def _check_order(date: dt.date, applied: list[dt.date], available: list[dt.date], data_dir: Path) -> None:
+    if date not in available:
+        raise PartitionOrderError(f"{data_dir}: no partition for {date} (interactions/, users/ or items/ date={date})")
+    last = max(applied)
+    if date < last:
+        raise PartitionOrderError(
+            f"partition {date} is older than the last applied partition {last}; a late partition can only be "
+            f"included by a full retrain (`accrete retrain --as-of {last}`)")
+    skipped = [d for d in available if last < d < date]
+    if skipped:
+        raise PartitionOrderError(
+            f"partition {date} cannot be applied before the earlier unapplied partition {skipped[0]} "
+            f"({len(skipped)} pending); apply partitions in date order (`accrete backfill`)")
+
+
+# ----- building blocks -------------------------------------------------------------------------------
+def _tokens_table(items: pa.Table, vocab: Vocabulary) -> pa.Table:
+    """(row, token) pairs of the items' attribute tokens, for metadata initialization."""
+    if items.num_rows == 0 or items.num_columns <= 1:
+        return pa.table({"row": pa.array([], pa.int64()), "token": pa.array([], pa.string())})
+    ids, item_index, tokens = contract.item_attribute_tokens(items)
+    rows = vocab.lookup(pc.take(ids, pa.array(item_index)))
+    keep = rows > 0
+    return pa.table({"row": pa.array(rows[keep]), "token": pc.filter(pa.array(tokens), pa.array(keep))})
+
+
+def _incidence(tokens: pa.Table, n_rows: int) -> sp.csr_matrix:
+    """Rows x tokens 0/1 matrix of the item attribute tokens."""
+    if tokens.num_rows == 0:
+        return sp.csr_matrix((n_rows, 0), dtype=np.float32)
+    encoded = pc.dictionary_encode(tokens["token"]).combine_chunks()
+    codes = encoded.indices.to_numpy()
+    matrix = sp.csr_matrix(
+        (np.ones(len(codes), np.float32), (tokens["row"].to_numpy(), codes)),
+        shape=(n_rows, len(encoded.dictionary)))
+    matrix.data[:] = 1.0  # duplicates summed by the constructor collapse back to 0/1
+    return matrix
+
+
+def _first_row_created_since(vocab: Vocabulary, cutoff: dt.date) -> int:
+    """The first row created on or after `cutoff`: rows are appended in time order, so the rows
+    created since then are a contiguous tail."""
+    created = vocab.created
+    recent = np.flatnonzero(created >= np.datetime64(cutoff))
+    recent = recent[recent > 0]
+    return int(recent[0]) if len(recent) else len(vocab)
+
+
+def trainable_boundary(vocab: Vocabulary, date: dt.date, applied: list[dt.date], warmup_days: int) -> int:
+    """Rows created in the last `warmup_days` applied periods, and today's, stay trainable."""
+    window = sorted(applied)[-warmup_days:] if warmup_days else []
+    return _first_row_created_since(vocab, min([*window, date]))
+
+
+def _existing(table: np.ndarray, n_old: int) -> np.ndarray:
+    """The trained rows of a table: every row before `n_old` except the out-of-vocabulary row 0."""
+    return table[1:n_old]
+
+
+def _cold_strategy(strategy: str, has_tokens: bool) -> str:
+    """The strategy to use without the new partition's interactions (for evaluation before training)."""
+    if strategy == "fold_in":
+        strategy = "metadata"
+    if strategy == "metadata" and not has_tokens:
+        strategy = "normal"
+    return strategy
+
+
+def _init_new_rows(strategy: str, table: np.ndarray, n_old: int, n_new: int, seed: int,
+                   incidence: sp.csr_matrix | None = None, fold_in: dict | None = None) -> np.ndarray:
+    from models.initializers import initialize_rows
+
+    if n_new == 0:
+        return np.zeros((0, table.shape[1]), np.float32)
+    has_tokens = incidence is not None and incidence.shape[1] > 0
+    if strategy == "metadata" and not has_tokens:
+        strategy = "normal"
+    kwargs: dict[str, Any] = {}
+    if has_tokens:
+        kwargs["existing_tokens"] = incidence[1:n_old]
+        kwargs["new_tokens"] = incidence[n_old:n_old + n_new]
+    if strategy == "fold_in":
+        kwargs["fold_in"] = fold_in
+    return initialize_rows(strategy, existing=_existing(table, n_old), n_new=n_new, seed=seed, **kwargs).astype(np.float32)
+
+
+def _grow(array: np.ndarray, n_rows: int, fill: np.ndarray | float = 0.0) -> np.ndarray:
+    extra = n_rows - len(array)
+    if extra <= 0:
+        return array
+    if np.isscalar(fill):
+        tail = np.full((extra, *array.shape[1:]), fill, dtype=array.dtype)
+    else:
+        tail = np.asarray(fill, dtype=array.dtype)
+    return np.concatenate([array, tail])
+
+
+def _rows(vocab: Vocabulary, ids: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    return vocab.lookup(ids)
+
+
+def _seed_for(seed: int, date: dt.date, salt: int) -> int:
+    return int(np.random.SeedSequence([seed, date.toordinal(), salt]).generate_state(1)[0])
+
+
+def _positive_level(users: np.ndarray, items: np.ndarray, user_vectors: np.ndarray, item_vectors: np.ndarray) -> float:
+    """Mean score u.v of observed pairs: the fold-in target that calibrates new rows against old ones."""
+    if len(users) == 0:
+        return 1.0
+    level = float(np.mean(np.einsum("ij,ij->i", user_vectors[users], item_vectors[items])))
+    return level if np.isfinite(level) and level > 0 else 1.0
+
+
+def _fold_in_spec(opposite: np.ndarray, own_rows: np.ndarray, opposite_rows: np.ndarray, targets: np.ndarray,
+                  n_old_own: int, n_old_opposite: int, n_new: int, l2: float) -> dict | None:
+    """Interactions of new rows with existing (frozen) opposite rows, as the fold-in solver wants them."""
+    keep = (own_rows >= n_old_own) & (opposite_rows > 0) & (opposite_rows < n_old_opposite)
+    if n_new == 0 or not keep.any():
+        return None
+    return {"opposite": opposite, "new_rows_local": own_rows[keep] - n_old_own,
+            "opposite_rows": opposite_rows[keep], "targets": targets[keep], "weights": None, "l2": l2}
+
+
+def _train(config: AccreteConfig, state: ModelState, *, user_trainable_from: int, item_trainable_from: int,
+           users: np.ndarray, items: np.ndarray, ratings: np.ndarray, epochs: int, seed: int,
+           global_bias: float) -> dict[str, Any]:
+    """Train the model on columnar arrays; replaces the state's tables with the trained ones."""
+    from models.mf import MatrixFactorization, train
+
+    model_config = config.model
+    model = MatrixFactorization(
+        state.user_vectors, state.item_vectors,
+        user_trainable_from=user_trainable_from, item_trainable_from=item_trainable_from,
+        user_bias=state.user_bias if model_config.use_bias else None,
+        item_bias=state.item_bias if model_config.use_bias else None,
+        bias_policy=model_config.bias_policy, objective=model_config.objective, l2=model_config.l2,
+        temperature=model_config.temperature, frozen_lr_multiplier=model_config.frozen_lr_multiplier,
+        global_bias=global_bias)
+    log_probability = None
+    if model_config.objective == "retrieval" and model_config.sampling_bias_correction:
+        counts = np.bincount(items, minlength=len(state.item_vectors)).astype(np.float64)
+        log_probability = np.log(counts[items] / len(items)).astype(np.float32)
+    stats = train(model, users=users, items=items, ratings=ratings if model_config.objective == "rating" else None,
+                  item_log_probability=log_probability, epochs=epochs, batch_size=config.train.batch_size,
+                  learning_rate=config.train.learning_rate, optimizer=config.train.optimizer, seed=seed)
+    tables = model.tables()
+    state.user_vectors = tables["user"].astype(np.float32)
+    state.item_vectors = tables["item"].astype(np.float32)
+    if model_config.use_bias:
+        state.user_bias = tables["user_bias"].astype(np.float32)
+        state.item_bias = tables["item_bias"].astype(np.float32)
+    return {key: value for key, value in stats.items() if key in ("loss", "examples_per_second", "seconds")}
+
+
+def _interaction_arrays(interactions: pa.Table, user_vocab: Vocabulary, item_vocab: Vocabulary):
+    users = _rows(user_vocab, interactions["user_id"])
+    items = _rows(item_vocab, interactions["item_id"])
+    ratings = interactions["rating"].to_numpy().astype(np.float32) if interactions.num_rows else np.zeros(0, np.float32)
+    keep = (users > 0) & (items > 0)
+    return users[keep], items[keep], ratings[keep]
+
+
+def _drift_state(manifest: dict[str, Any]) -> dict[str, Any]:
+    return manifest.get("drift_state", {})
+
+
+# ----- the incremental step ---------------------------------------------------------------------------
+def run_incremental_step(data_dir: str | Path, store_dir: str | Path, date: dt.date | None = None, *,
+                         config: AccreteConfig | None = None, force: bool = False,
+                         progress: Progress = _noop) -> StepResult:
+    """Apply one partition (by default the oldest pending one) as an incremental step and publish it.
+
+    Already applied: nothing changes and the result's kind is "skipped", unless `force` and it is the
+    latest applied partition, which is then recomputed from its parent version.
+    """
+    config = config or AccreteConfig()
+    data_dir, store = Path(data_dir), Store(store_dir)
+    with store.lock(f"nightly {date or '(next)'}"):
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
+        store.require_current()
+        state = store.load()
+        applied = state.partitions
+        available = contract.list_partitions(data_dir)
+        if date is None:
+            pending = [d for d in available if d > max(applied)]
+            if not pending:
+                return StepResult("skipped", state.version, max(applied), state.manifest,
+                                  f"nothing to do: no partition after {max(applied)} in {data_dir}")
+            date = pending[0]
+        if date in applied:
+            if not force:
+                return StepResult("skipped", state.version, date, state.manifest,
+                                  f"partition {date} already applied (version {state.version}); use --force to redo it")
+            if state.manifest.get("partition") != date.isoformat() or state.manifest.get("kind") != "incremental":
+                raise PartitionOrderError(
+                    f"--force can only redo the latest incremental step ({state.manifest.get('partition')}), not {date}")
+            state = store.load(int(state.manifest["parent"]))
+            applied = state.partitions
+        _check_order(date, applied, available, data_dir)
+        freq = contract.data_frequency(data_dir, config.data.freq)
+        progress(f"reading partition {date}")
+        partition = contract.read_partition(data_dir, date, freq)
+        maybe_fail(f"nightly:{date.isoformat()}")
+        timings["ingest"] = time.perf_counter() - started
+        result = _incremental(config, store, state, partition, applied, timings, progress)
+        return result
+
+
+def _incremental(config: AccreteConfig, store: Store, state: ModelState, partition: contract.Partition,
+                 applied: list[dt.date], timings: dict[str, float], progress: Progress) -> StepResult:
+    date = partition.date
+    model_config = config.model
+    seed = model_config.seed
+    clock = time.perf_counter()
+    parent_manifest = state.manifest
+    drift_state = _drift_state(parent_manifest)
+
+    # Vocabularies: every new ID from users/, items/ and the interactions, in that order of sources.
+    n_old_users, n_old_items = len(state.user_vocab), len(state.item_vocab)
+    state.user_vocab.extend(pa.chunked_array([partition.users["user_id"], partition.interactions["user_id"]]), date)
+    state.item_vocab.extend(pa.chunked_array([partition.items["item_id"], partition.interactions["item_id"]]), date)
+    n_users, n_items = len(state.user_vocab), len(state.item_vocab)
+    n_new_users, n_new_items = n_users - n_old_users, n_items - n_old_items
+    state.item_tokens = pa.concat_tables([state.item_tokens, _tokens_table(partition.items, state.item_vocab)])
+    # Only tokens of new items count; an existing item's attributes are those it arrived with.
+    tokens = state.item_tokens
+    incidence = _incidence(tokens, n_items)
+    users, items, ratings = _interaction_arrays(partition.interactions, state.user_vocab, state.item_vocab)
+    timings["vocabulary"] = time.perf_counter() - clock
+
+    # Cold rows for the prequential evaluation: the new partition's interactions are not used.
+    clock = time.perf_counter()
+    cold_strategy = _cold_strategy(model_config.init, incidence.shape[1] > 0)
+    new_user_vectors = _init_new_rows(cold_strategy, state.user_vectors, n_old_users, n_new_users, _seed_for(seed, date, 1))
+    new_item_vectors = _init_new_rows(cold_strategy, state.item_vectors, n_old_items, n_new_items, _seed_for(seed, date, 2),
+                                      incidence)
+    state.user_vectors = np.concatenate([state.user_vectors, new_user_vectors])
+    state.item_vectors = np.concatenate([state.item_vectors, new_item_vectors])
+    state.user_bias = _grow(state.user_bias, n_users, float(np.mean(state.user_bias[1:n_old_users])) if n_old_users > 1 else 0.0)
+    state.item_bias = _grow(state.item_bias, n_items, float(np.mean(state.item_bias[1:n_old_items])) if n_old_items > 1 else 0.0)
+
+    history = store.read_history(applied)
+    seen = evaluation.seen_matrix(_rows(state.user_vocab, history["user_id"]), _rows(state.item_vocab, history["item_id"]),
+                                  n_users, n_items)
+    scorer = evaluation.dot_scorer(state.user_vectors, state.item_vectors,
+                                   state.item_bias if model_config.use_bias else None)
+    progress(f"evaluating on {len(users):,} interactions before training")
+    metrics = evaluation.evaluate_prequential(
+        scorer, test_users=users, test_items=items, n_items=n_items, seen=seen,
+        new_users=np.arange(n_old_users, n_users), new_items=np.arange(n_old_items, n_items),
+        ks=config.eval.ks, user_batch=config.eval.user_batch)
+    timings["evaluate"] = time.perf_counter() - clock
+
+    # Training set: the new partition plus a replay sample of old interactions.
+    clock = time.perf_counter()
+    n_replay = int(round(config.train.replay_ratio * len(users)))
+    replay = state.reservoir.sample(n_replay, seed=_seed_for(seed, date, 3)) if n_replay else None
+    if replay is not None and replay.num_rows:
+        r_users, r_items, r_ratings = _interaction_arrays(replay, state.user_vocab, state.item_vocab)
+    else:
+        r_users = r_items = np.zeros(0, np.int64)
+        r_ratings = np.zeros(0, np.float32)
+    global_bias = float(parent_manifest.get("global_bias", 0.0))
+
+    # Warm initialization of the new rows, now that the partition's interactions may be used.
+    if model_config.init == "fold_in":
+        if model_config.objective == "retrieval":
+            level = _positive_level(r_users, r_items, state.user_vectors, state.item_vectors)
+            item_targets = user_targets = np.full(len(users), level, np.float32)
+        else:
+            item_targets = ratings - global_bias - state.user_bias[users]
+            user_targets = ratings - global_bias - state.item_bias[items]
+        item_spec = _fold_in_spec(state.user_vectors, items, users, item_targets, n_old_items, n_old_users,
+                                  n_new_items, model_config.fold_in_l2)
+        user_spec = _fold_in_spec(state.item_vectors, users, items, user_targets, n_old_users, n_old_items,
+                                  n_new_users, model_config.fold_in_l2)
+        state.item_vectors[n_old_items:] = _init_new_rows(
+            "fold_in" if item_spec else cold_strategy, state.item_vectors, n_old_items, n_new_items,
+            _seed_for(seed, date, 2), incidence, item_spec)
+        state.user_vectors[n_old_users:] = _init_new_rows(
+            "fold_in" if user_spec else cold_strategy, state.user_vectors, n_old_users, n_new_users,
+            _seed_for(seed, date, 1), None, user_spec)
+    timings["initialize"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    user_from = trainable_boundary(state.user_vocab, date, applied, model_config.warmup_days)
+    item_from = trainable_boundary(state.item_vocab, date, applied, model_config.warmup_days)
+    frozen_before = {"user": sha256_of_array(state.user_vectors[:user_from]),
+                     "item": sha256_of_array(state.item_vectors[:item_from])}
+    train_users = np.concatenate([users, r_users])
+    train_items = np.concatenate([items, r_items])
+    train_ratings = np.concatenate([ratings, r_ratings])
+    progress(f"training on {len(users):,} new + {len(r_users):,} replayed interactions")
+    training = {"examples_new": int(len(users)), "examples_replayed": int(len(r_users))}
+    if config.train.epochs > 0 and len(train_users):
+        training.update(_train(config, state, user_trainable_from=user_from, item_trainable_from=item_from,
+                               users=train_users, items=train_items, ratings=train_ratings,
+                               epochs=config.train.epochs, seed=_seed_for(seed, date, 4), global_bias=global_bias))
+    frozen_after = {"user": sha256_of_array(state.user_vectors[:user_from]),
+                    "item": sha256_of_array(state.item_vectors[:item_from])}
+    if model_config.frozen_lr_multiplier == 0.0 and frozen_after != frozen_before:
+        raise RuntimeError("frozen rows changed during training: this is a bug in the frozen-tail embedding")
+    timings["train"] = time.perf_counter() - clock
+
+    # Replay reservoir and drift reference absorb the partition.
+    clock = time.perf_counter()
+    state.reservoir.add(partition.interactions)
+    ref = state.reference
+    reference_users = _grow(ref["user_counts"], n_users)
+    reference_items = _grow(ref["item_counts"], n_items)
+    reference_ratings = ref.get("rating_hist")
+    partition_ratings = ratings if partition.has_ratings else None
+    recall_history = [*drift_state.get("recall_history", []), float(metrics.get("recall@10", np.nan))]
+    retrain_info = drift_state.get("last_full_retrain", {})
+    retrain_date = dt.date.fromisoformat(retrain_info["date"]) if retrain_info else min(applied)
+    rows_at_retrain = drift_state.get("rows_at_retrain", {"user": n_old_users, "item": n_old_items})
+    interactions_since = int(drift_state.get("interactions_since_retrain", 0)) + len(users)
+    interactions_total = int(drift_state.get("interactions_total", 0)) + len(users)
+    item_added = np.zeros(n_items, bool)
+    item_added[rows_at_retrain["item"]:] = True
+    drift_inputs = drift_mod.DriftInputs(
+        date=date, user_rows=users, item_rows=items,
+        is_new_user=users >= n_old_users, is_new_item=items >= n_old_items,
+        ratings=partition_ratings, reference_user_counts=reference_users, reference_item_counts=reference_items,
+        reference_rating_hist=reference_ratings if partition.has_ratings else None,
+        recall_history=recall_history,
+        user_rows_total=n_users - 1, item_rows_total=n_items - 1,
+        user_rows_added_since_retrain=n_users - rows_at_retrain["user"],
+        item_rows_added_since_retrain=n_items - rows_at_retrain["item"],
+        interactions_since_retrain=interactions_since, interactions_total=interactions_total,
+        days_since_retrain=(date - retrain_date).days,
+        item_vectors=state.item_vectors, item_added_since_retrain=item_added)
+    drift_metrics = drift_mod.compute_drift_metrics(drift_inputs, config.drift)
+    verdict = decision_mod.decide(drift_metrics, previous_streaks=drift_state.get("streaks", {}),
+                                  days_since_full_retrain=(date - retrain_date).days, config=config.drift)
+    reference_users += np.bincount(users, minlength=n_users).astype(reference_users.dtype)
+    reference_items += np.bincount(items, minlength=n_items).astype(reference_items.dtype)
+    state.reference = {"user_counts": reference_users, "item_counts": reference_items}
+    if partition.has_ratings:
+        hist = drift_mod.rating_histogram(ratings)[0]
+        state.reference["rating_hist"] = hist if reference_ratings is None else reference_ratings + hist
+    timings["drift"] = time.perf_counter() - clock
+
+    version = int(parent_manifest["version"]) + 1
+    store.write_history(date, partition.interactions)
+    manifest = {
+        "version": version, "parent": int(parent_manifest["version"]),
+        "generation": int(parent_manifest["generation"]), "kind": "incremental",
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "partition": date.isoformat(),
+        "partitions": sorted({*parent_manifest["partitions"], date.isoformat()}),
+        "global_bias": global_bias,
+        "rows": {"user": n_users, "item": n_items, "user_new": n_new_users, "item_new": n_new_items,
+                 "user_trainable_from": user_from, "item_trainable_from": item_from},
+        "frozen_checksum": frozen_after,
+        "metrics": metrics,
+        "drift": {**verdict.to_record(), "metrics": drift_metrics},
+        "drift_state": {"recall_history": recall_history, "streaks": verdict.streaks,
+                        "last_full_retrain": retrain_info or {"version": parent_manifest["version"], "date": retrain_date.isoformat()},
+                        "rows_at_retrain": rows_at_retrain, "interactions_since_retrain": interactions_since,
+                        "interactions_total": interactions_total},
+        "ingest": partition.report,
+        "training": training,
+        "config": config.to_dict(),
+    }
+    timings["total"] = sum(timings.values())
+    manifest["timings"] = timings
+    progress(f"publishing version {version}")
+    clock = time.perf_counter()
+    store.publish(state, manifest, quarantine=partition.quarantine)
+    manifest["timings"]["publish"] = time.perf_counter() - clock
+    _append_drift(store, state.manifest)
+    return StepResult("incremental", version, date, state.manifest,
+                      f"applied {date} as version {version}" + (" (retrain due)" if verdict.retrain else ""))
+
+
+def _append_drift(store: Store, manifest: dict[str, Any]) -> None:
+    """Append a published version's drift record to the drift history (idempotent across crashes)."""
+    if manifest.get("kind") != "incremental":
+        return
+    record = decision_mod.drift_record(
+        dt.date.fromisoformat(manifest["partition"]), int(manifest["version"]), int(manifest["generation"]),
+        {**manifest["drift"]["metrics"], **{f"quality/{k}": v for k, v in manifest["metrics"].items()}},
+        decision_mod.RetrainDecision.from_record(manifest["drift"]))
+    try:
+        decision_mod.append_drift_history(store.root / "drift", record)
+    except StoreError:
+        pass  # already appended by the run that published this version
+
+
+def sync_drift_history(store_dir: str | Path) -> int:
+    """Append drift records of published versions missing from the history (a crash after publish)."""
+    store = Store(store_dir)
+    appended = 0
+    existing = decision_mod.read_drift_history(store.root / "drift")
+    have = set(existing["version"].astype(int)) if len(existing) else set()
+    for version in store.versions():
+        if version not in have:
+            manifest = store.manifest(version)
+            if manifest.get("kind") == "incremental":
+                _append_drift(store, manifest)
+                appended += 1
+    return appended
+
+
+# ----- the full retrain -------------------------------------------------------------------------------
+def run_full_retrain(data_dir: str | Path, store_dir: str | Path, as_of: dt.date, *,
+                     config: AccreteConfig | None = None, window_days: int | None = None,
+                     reason: str = "manual", progress: Progress = _noop) -> StepResult:
+    """Train every row from scratch on the partitions up to `as_of` (or the last `window_days`), as a new
+    generation. On an empty store this makes the first version."""
+    config = config or AccreteConfig()
+    window_days = config.retrain.window_days if window_days is None else window_days
+    data_dir, store = Path(data_dir), Store(store_dir)
+    with store.lock(f"retrain --as-of {as_of}"):
+        return _full_retrain(config, data_dir, store, as_of, window_days, reason, progress)
+
+
+def _full_retrain(config: AccreteConfig, data_dir: Path, store: Store, as_of: dt.date, window_days: int | None,
+                  reason: str, progress: Progress) -> StepResult:
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+    current = store.load() if store.exists() else None
+    consumed = set(current.partitions) if current else set()
+    available = contract.list_partitions(data_dir)
+    dates = [d for d in available if d <= as_of]
+    if not dates:
+        raise PartitionOrderError(f"{data_dir}: no partition on or before {as_of}")
+    if current and max(consumed) > as_of:
+        raise PartitionOrderError(
+            f"the current version already consumed partitions up to {max(consumed)}; a retrain as of {as_of} "
+            f"would go back in time")
+    window_start = as_of - dt.timedelta(days=window_days - 1) if window_days else dt.date.min
+    train_dates = [d for d in dates if d >= window_start]
+    freq = contract.data_frequency(data_dir, config.data.freq)
+
+    user_vocab = current.user_vocab if current else Vocabulary.empty("user")
+    item_vocab = current.item_vocab if current else Vocabulary.empty("item")
+    item_tokens = current.item_tokens if current else _tokens_table(pa.table({"item_id": pa.array([], pa.string())}), item_vocab)
+    compacted = None
+    if config.retrain.compact_inactive_days and current:
+        user_vocab, item_vocab, item_tokens, compacted = _compact(
+            store, current, as_of - dt.timedelta(days=config.retrain.compact_inactive_days))
+
+    interactions, quarantined, reports, has_ratings = [], [], {}, False
+    for date in dates:
+        if date in consumed and date not in train_dates:
+            continue
+        progress(f"reading partition {date}")
+        partition = contract.read_partition(data_dir, date, freq)
+        reports[date.isoformat()] = partition.report
+        if date not in consumed:
+            user_vocab.extend(pa.chunked_array([partition.users["user_id"], partition.interactions["user_id"]]), date)
+            item_vocab.extend(pa.chunked_array([partition.items["item_id"], partition.interactions["item_id"]]), date)
+            item_tokens = pa.concat_tables([item_tokens, _tokens_table(partition.items, item_vocab)])
+            store.write_history(date, partition.interactions)
+            if partition.quarantine.num_rows:
+                quarantined.append(partition.quarantine)
+        if date in train_dates:
+            has_ratings |= partition.has_ratings
+            interactions.append(partition.interactions.select(["user_id", "item_id", "timestamp", "rating"]))
+    timings["ingest"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    training_data = pa.concat_tables(interactions) if interactions else None
+    if training_data is None or training_data.num_rows == 0:
+        raise PartitionOrderError(f"{data_dir}: no interactions to train on up to {as_of}")
+    users, items, ratings = _interaction_arrays(training_data, user_vocab, item_vocab)
+    n_users, n_items = len(user_vocab), len(item_vocab)
+    rng = np.random.default_rng(_seed_for(config.model.seed, as_of, 5))
+    dim = config.model.dim
+    global_bias = float(ratings.mean()) if config.model.objective == "rating" else 0.0
+    state = ModelState(
+        user_vocab=user_vocab, item_vocab=item_vocab,
+        user_vectors=(rng.normal(0, 0.05, (n_users, dim))).astype(np.float32),
+        item_vectors=(rng.normal(0, 0.05, (n_items, dim))).astype(np.float32),
+        user_bias=np.zeros(n_users, np.float32), item_bias=np.zeros(n_items, np.float32),
+        item_tokens=item_tokens, reservoir=ReplayReservoir(config.train.reservoir_capacity, config.model.seed),
+        reference={}, manifest=current.manifest if current else {"version": 0})
+    state.user_vectors[0] = 0.0
+    state.item_vectors[0] = 0.0
+    progress(f"full retrain on {len(users):,} interactions, {n_users - 1:,} users, {n_items - 1:,} items")
+    training = _train(config, state, user_trainable_from=0, item_trainable_from=0, users=users, items=items,
+                      ratings=ratings, epochs=config.train.retrain_epochs, seed=_seed_for(config.model.seed, as_of, 4),
+                      global_bias=global_bias)
+    training["examples"] = int(len(users))
+    timings["train"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    state.reservoir.add(training_data)
+    reference_start = np.datetime64(as_of - dt.timedelta(days=config.drift.reference_days), "s").astype(np.int64)
+    recent = training_data.filter(pc.greater_equal(training_data["timestamp"], int(reference_start)))
+    r_users, r_items, r_ratings = _interaction_arrays(recent, user_vocab, item_vocab)
+    state.reference = {"user_counts": np.bincount(r_users, minlength=n_users).astype(np.int64),
+                       "item_counts": np.bincount(r_items, minlength=n_items).astype(np.int64)}
+    if has_ratings:
+        state.reference["rating_hist"] = drift_mod.rating_histogram(r_ratings)[0]
+    timings["reservoir"] = time.perf_counter() - clock
+
+    version = (current.version + 1) if current else 1
+    all_consumed = sorted({*(d.isoformat() for d in consumed), *(d.isoformat() for d in dates)})
+    manifest = {
+        "version": version, "parent": current.version if current else None,
+        "generation": (int(current.manifest["generation"]) + 1) if current else 1,
+        "kind": "full_retrain", "reason": reason,
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "as_of": as_of.isoformat(), "window_days": window_days,
+        "partition": as_of.isoformat() if as_of in dates else max(dates).isoformat(),
+        "partitions": all_consumed, "trained_on": [d.isoformat() for d in train_dates],
+        "global_bias": global_bias,
+        "rows": {"user": n_users, "item": n_items, "user_new": n_users - (len(current.user_vocab) if current else 0),
+                 "item_new": n_items - (len(current.item_vocab) if current else 0),
+                 "user_trainable_from": 0, "item_trainable_from": 0},
+        "compaction": compacted,
+        "frozen_checksum": {"user": sha256_of_array(state.user_vectors[:0]), "item": sha256_of_array(state.item_vectors[:0])},
+        "metrics": {},
+        "drift_state": {"recall_history": [], "streaks": {},
+                        "last_full_retrain": {"version": version, "date": as_of.isoformat()},
+                        "rows_at_retrain": {"user": n_users, "item": n_items},
+                        "interactions_since_retrain": 0, "interactions_total": int(training_data.num_rows)},
+        "ingest": reports, "training": training, "config": config.to_dict(),
+    }
+    timings["total"] = sum(timings.values())
+    manifest["timings"] = timings
+    quarantine = pa.concat_tables(quarantined) if quarantined else None
+    progress(f"publishing version {version} (generation {manifest['generation']})")
+    store.publish(state, manifest, quarantine=quarantine)
+    return StepResult("full_retrain", version, as_of, state.manifest,
+                      f"full retrain as of {as_of}: version {version}, generation {manifest['generation']}")
+
+
+def _compact(store: Store, current: ModelState, active_since: dt.date):
+    """Drop IDs with no interaction since `active_since` (and created before it); returns the new
+    vocabularies, the remapped item tokens and a summary."""
+    history = store.read_history(current.partitions)
+    cutoff = int(np.datetime64(active_since, "s").astype(np.int64))
+    recent = history.filter(pc.greater_equal(history["timestamp"], cutoff))
+    summary = {}
+    vocabs = []
+    for vocab, column in ((current.user_vocab, "user_id"), (current.item_vocab, "item_id")):
+        keep = np.zeros(len(vocab), bool)
+        keep[vocab.lookup(recent[column])] = True
+        keep |= vocab.created >= np.datetime64(active_since)
+        keep[0] = True
+        new_vocab, old_rows = vocab.compact(keep)
+        vocabs.append((new_vocab, old_rows))
+        summary[vocab.entity] = {"kept": int(keep.sum() - 1), "dropped": int(len(vocab) - keep.sum())}
+    (user_vocab, _), (item_vocab, item_old_rows) = vocabs
+    old_to_new = np.full(len(current.item_vocab), -1, np.int64)
+    old_to_new[item_old_rows] = np.arange(len(item_old_rows))
+    token_rows = old_to_new[current.item_tokens["row"].to_numpy()]
+    keep_tokens = token_rows > 0
+    tokens = pa.table({"row": pa.array(token_rows[keep_tokens]),
+                       "token": pc.filter(current.item_tokens["token"], pa.array(keep_tokens))})
+    return user_vocab, item_vocab, tokens, summary

@@ -1,0 +1,52 @@
+"""What a store holds, for `accrete status`: the current version, its lineage and per-version metrics."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pipeline.store import Store
+
+_METRICS = ("recall@10", "ndcg@10", "recall@10/new_items", "recall@10/new_users", "coverage@10")
+
+
+def store_status(store_dir: str | Path) -> dict[str, Any]:
+    """Current version and generation, and one summary per published version (oldest first)."""
+    store = Store(store_dir)
+    current = store.require_current()
+    versions = []
+    for version in store.versions():
+        manifest = store.manifest(version)
+        versions.append({
+            "version": version, "parent": manifest.get("parent"), "generation": manifest.get("generation"),
+            "kind": manifest.get("kind"), "partition": manifest.get("partition"),
+            "created_at": manifest.get("created_at"), "rows": manifest.get("rows"),
+            "metrics": {k: manifest.get("metrics", {}).get(k) for k in _METRICS if k in manifest.get("metrics", {})},
+            "retrain_due": manifest.get("drift", {}).get("retrain", False),
+            "reasons": manifest.get("drift", {}).get("reasons", []),
+            "seconds": round(manifest.get("timings", {}).get("total", 0.0), 2),
+        })
+    head = versions[-1]
+    return {"store": str(store.root.resolve()), "current": current, "generation": head["generation"],
+            "last_partition": head["partition"], "retrain_due": head["retrain_due"], "versions": versions}
+
+
+def format_status(status: dict[str, Any]) -> str:
+    """A short human-readable table of the status."""
+    lines = [f"store {status['store']}",
+             f"current version {status['current']} (generation {status['generation']}), "
+             f"last partition {status['last_partition']}" + ("; RETRAIN DUE" if status["retrain_due"] else ""),
+             "", f"{'ver':>4} {'gen':>3} {'kind':<12} {'partition':<10} {'users':>8} {'items':>8} "
+                 f"{'R@10':>6} {'N@10':>6} {'R@10new':>7}  notes"]
+    for v in status["versions"]:
+        m = v["metrics"]
+
+        def fmt(key: str) -> str:
+            value = m.get(key)
+            return f"{value:.3f}" if isinstance(value, (int, float)) and value == value else "-"
+
+        rows = v["rows"] or {}
+        note = "; ".join(v["reasons"]) if v["retrain_due"] else ""
+        lines.append(f"{v['version']:>4} {v['generation']:>3} {v['kind']:<12} {v['partition']:<10} "
+                     f"{rows.get('user', 0) - 1:>8,} {rows.get('item', 0) - 1:>8,} {fmt('recall@10'):>6} "
+                     f"{fmt('ndcg@10'):>6} {fmt('recall@10/new_items'):>7}  {note}")
+    return "\n".join(lines)

@@ -1,0 +1,377 @@
+"""The versioned model store: immutable version directories, an atomic `CURRENT` pointer and a run lock.
+
+Layout of a store directory::
+
+    STORE/CURRENT                    the published version's directory name, switched last and atomically
+    STORE/LOCK                       held by the one run writing to the store (pid, host, start time)
+    STORE/versions/v000007/          one immutable version: manifest.json, vocabularies, tables, reservoir...
+    STORE/versions/.tmp-v000008-123/ a version being written (removed or replaced by the next run if a crash left it)
+    STORE/history/date=YYYY-MM-DD.parquet   the clean interactions of each consumed partition (seen items)
+    STORE/drift/                     the append-only drift history (see pipeline.decision)
+
+Publishing writes a version under a temporary name, fsyncs it, renames it into place and only then
+switches `CURRENT`; a crash at any point leaves the previous version current and readable.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.errors import StoreError
+from pipeline.faults import maybe_fail
+from pipeline.reservoir import ReplayReservoir
+from pipeline.vocabulary import Vocabulary
+
+CURRENT = "CURRENT"
+LOCK = "LOCK"
+VERSIONS = "versions"
+HISTORY = "history"
+DRIFT = "drift"
+MANIFEST = "manifest.json"
+FORMAT = 1
+
+TABLE_FILES = ("user_vectors", "item_vectors", "user_bias", "item_bias")
+
+
+def version_name(version: int) -> str:
+    return f"v{version:06d}"
+
+
+@dataclass
+class ModelState:
+    """Everything one version holds: vocabularies, tables, item tokens, replay reservoir, drift reference.
+
+    Tables are aligned with vocabulary rows (row 0 is the out-of-vocabulary row). `reference` holds the
+    drift reference window (interaction counts per row since the last full retrain, rating histogram).
+    """
+
+    user_vocab: Vocabulary
+    item_vocab: Vocabulary
+    user_vectors: np.ndarray
+    item_vectors: np.ndarray
+    user_bias: np.ndarray
+    item_bias: np.ndarray
+    item_tokens: pa.Table  # row int64, token string
+    reservoir: ReplayReservoir
+    reference: dict[str, np.ndarray]
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def version(self) -> int:
+        return int(self.manifest["version"])
+
+    @property
+    def partitions(self) -> list[dt.date]:
+        return [dt.date.fromisoformat(d) for d in self.manifest.get("partitions", [])]
+
+
+def sha256_of_array(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+class Store:
+    """A store directory. Reading needs no lock; every write happens inside `with store.lock(...)`."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    # ----- reading -------------------------------------------------------------------------------
+    def exists(self) -> bool:
+        return (self.root / CURRENT).exists()
+
+    def current_version(self) -> int | None:
+        pointer = self.root / CURRENT
+        if not pointer.exists():
+            return None
+        text = pointer.read_text().strip()
+        if not (text.startswith("v") and text[1:].isdigit()):
+            raise StoreError(f"{pointer}: damaged pointer {text!r} (expected e.g. v000003)")
+        version = int(text[1:])
+        if not (self.root / VERSIONS / text / MANIFEST).exists():
+            raise StoreError(f"{pointer}: points at {text}, which has no {MANIFEST}")
+        return version
+
+    def require_current(self) -> int:
+        if not self.root.exists():
+            raise StoreError(f"{self.root}: no such store directory")
+        version = self.current_version()
+        if version is None:
+            raise StoreError(f"{self.root}: the store is empty; make the first version with `accrete retrain --as-of DATE`")
+        return version
+
+    def version_dir(self, version: int) -> Path:
+        return self.root / VERSIONS / version_name(version)
+
+    def versions(self) -> list[int]:
+        """Published version numbers up to the current one (later directories are crash leftovers)."""
+        current = self.current_version()
+        if current is None:
+            return []
+        found = []
+        for path in (self.root / VERSIONS).glob("v[0-9]*"):
+            number = int(path.name[1:])
+            if number <= current and (path / MANIFEST).exists():
+                found.append(number)
+        return sorted(found)
+
+    def manifest(self, version: int | None = None) -> dict[str, Any]:
+        version = self.require_current() if version is None else version
+        path = self.version_dir(version) / MANIFEST
+        if not path.exists() or version > self.require_current():
+            raise StoreError(f"{self.root}: no published version {version}")
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise StoreError(f"{path}: damaged manifest: {exc}") from None
+
+    def load(self, version: int | None = None, *, verify: bool = True) -> ModelState:
+        """A version's full state; `verify` checks every file against the manifest's checksums."""
+        version = self.require_current() if version is None else version
+        manifest = self.manifest(version)
+        directory = self.version_dir(version)
+        if verify:
+            for name, digest in manifest.get("files", {}).items():
+                path = directory / name
+                if not path.exists():
+                    raise StoreError(f"{path}: missing from version {version}")
+                if _file_sha256(path) != digest:
+                    raise StoreError(f"{path}: checksum mismatch (the version is damaged)")
+        arrays = {}
+        for name in TABLE_FILES:
+            path = directory / f"{name}.npy"
+            try:
+                arrays[name] = np.load(path)
+            except (OSError, ValueError) as exc:
+                raise StoreError(f"{path}: unreadable table: {exc}") from None
+        with np.load(directory / "reference.npz") as reference:
+            reference = {key: reference[key] for key in reference.files}
+        return ModelState(
+            user_vocab=Vocabulary.load(directory / "user_vocab.parquet", "user"),
+            item_vocab=Vocabulary.load(directory / "item_vocab.parquet", "item"),
+            item_tokens=pq.read_table(directory / "item_tokens.parquet"),
+            reservoir=ReplayReservoir.load(directory / "reservoir.parquet"),
+            reference=reference,
+            manifest=manifest,
+            **arrays,
+        )
+
+    # ----- history of consumed partitions ----------------------------------------------------------
+    def history_path(self, date: dt.date) -> Path:
+        return self.root / HISTORY / f"date={date.isoformat()}.parquet"
+
+    def write_history(self, date: dt.date, interactions: pa.Table) -> None:
+        """The clean interactions of a consumed partition; rewritten identically if a crashed run left one."""
+        _atomic_write_parquet(interactions.select(["user_id", "item_id", "timestamp"]), self.history_path(date))
+
+    def read_history(self, dates: list[dt.date]) -> pa.Table:
+        """The consumed interactions of the given partitions (user_id, item_id, timestamp)."""
+        tables = []
+        for date in dates:
+            path = self.history_path(date)
+            try:
+                tables.append(pq.read_table(path))
+            except (OSError, pa.ArrowInvalid) as exc:
+                raise StoreError(f"{path}: history of a consumed partition is unreadable: {exc}") from None
+        if not tables:
+            return pa.table({"user_id": pa.array([], pa.string()), "item_id": pa.array([], pa.string()),
+                             "timestamp": pa.array([], pa.int64())})
+        return pa.concat_tables(tables)
+
+    # ----- writing -------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self, command: str) -> Iterator[None]:
+        """Exclusive write access. A second run fails fast; a lock whose process is gone is cleared."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / LOCK
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "start": _process_start(os.getpid()),
+                  "since": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "command": command}
+        for attempt in range(3):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                try:
+                    holder = _read_lock(path)
+                except FileNotFoundError:
+                    continue  # released between our two calls: try again
+                if attempt < 2 and _lock_is_stale(holder):
+                    _remove_stale_lock(path, holder)
+                    continue
+                raise StoreError(
+                    f"{self.root}: locked by another run (pid {holder.get('pid')} on {holder.get('host')}, "
+                    f"since {holder.get('since')}: {holder.get('command')}); wait for it to finish"
+                ) from None
+            with os.fdopen(fd, "w") as handle:
+                json.dump(record, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            break
+        else:
+            raise StoreError(f"{path}: could not take the store lock (it keeps changing hands); try again")
+        try:
+            yield
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                if _read_lock(path).get("pid") == os.getpid():
+                    path.unlink()
+
+    def publish(self, state: ModelState, manifest: dict[str, Any], *, quarantine: pa.Table | None = None) -> int:
+        """Write `state` as version manifest["version"], then switch CURRENT to it. Returns the version.
+
+        Steps (each a fault-injection point for crash tests): write under a temporary name and fsync,
+        rename into place, switch the pointer. Leftovers of a crashed run are removed first.
+        """
+        version = int(manifest["version"])
+        current = self.current_version()
+        if current is not None and version != current + 1:
+            raise StoreError(f"{self.root}: cannot publish version {version} on top of current {current}")
+        versions_dir = self.root / VERSIONS
+        versions_dir.mkdir(parents=True, exist_ok=True)
+        self._remove_leftovers(current or 0)
+        tmp = versions_dir / f".tmp-{version_name(version)}-{os.getpid()}"
+        tmp.mkdir()
+        for name in TABLE_FILES:
+            _save_npy(tmp / f"{name}.npy", getattr(state, name))
+        state.user_vocab.save(tmp / "user_vocab.parquet")
+        state.item_vocab.save(tmp / "item_vocab.parquet")
+        pq.write_table(state.item_tokens, tmp / "item_tokens.parquet")
+        state.reservoir.save(tmp / "reservoir.parquet")
+        np.savez(tmp / "reference.npz", **state.reference)
+        if quarantine is not None and quarantine.num_rows:
+            pq.write_table(quarantine, tmp / "quarantine.parquet")
+        maybe_fail("publish:files-written")
+        manifest = {**manifest, "format": FORMAT,
+                    "files": {p.name: _file_sha256(p) for p in sorted(tmp.iterdir())}}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=_json_default))
+        for path in tmp.iterdir():
+            _fsync_file(path)
+        _fsync_dir(tmp)
+        maybe_fail("publish:before-rename")
+        final = self.version_dir(version)
+        os.rename(tmp, final)
+        _fsync_dir(versions_dir)
+        maybe_fail("publish:before-pointer")
+        pointer_tmp = self.root / f".{CURRENT}.tmp"
+        pointer_tmp.write_text(version_name(version) + "\n")
+        _fsync_file(pointer_tmp)
+        os.replace(pointer_tmp, self.root / CURRENT)
+        _fsync_dir(self.root)
+        maybe_fail("publish:after-pointer")
+        state.manifest = manifest
+        return version
+
+    def _remove_leftovers(self, current: int) -> None:
+        """Remove temporary and unpublished version directories that a crashed run left behind."""
+        for path in (self.root / VERSIONS).iterdir():
+            unpublished = path.name.startswith("v") and path.name[1:].isdigit() and int(path.name[1:]) > current
+            if path.name.startswith(".tmp-") or unpublished:
+                shutil.rmtree(path)
+
+
+# ----- file helpers ---------------------------------------------------------------------------------
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (dt.date, dt.datetime)):
+        return value.isoformat()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as handle:
+        np.save(handle, np.ascontiguousarray(array))
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write_parquet(table: pa.Table, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pq.write_table(table, tmp)
+    _fsync_file(tmp)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _process_start(pid: int) -> str | None:
+    """The kernel's start time of a process (guards against a reused pid), or None off Linux."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return fields[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _read_lock(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _lock_is_stale(holder: dict[str, Any]) -> bool:
+    """A lock is stale when its process is gone (same host), or it is unreadable and older than a minute."""
+    if not holder:
+        return True
+    if holder.get("host") != socket.gethostname():
+        return False
+    pid = holder.get("pid")
+    if not isinstance(pid, int):
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    start = holder.get("start")
+    return start is not None and _process_start(pid) not in (None, start)
+
+
+def _remove_stale_lock(path: Path, holder: dict[str, Any]) -> None:
+    # Rename first so that two runs clearing the same stale lock cannot both win.
+    grave = path.with_name(f".{LOCK}.stale.{os.getpid()}.{time.monotonic_ns()}")
+    with contextlib.suppress(FileNotFoundError):
+        os.rename(path, grave)
+        if _read_lock(grave) != holder:
+            # Another run replaced the stale lock with its own live one in the meantime: put it back.
+            os.rename(grave, path)
+            return
+        grave.unlink()
