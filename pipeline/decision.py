@@ -89,6 +89,27 @@ class RetrainDecision:
             record[f"streak/{metric}"] = int(self.streaks.get(metric, 0))
         return record
 
+    @classmethod
+    def from_record(cls, record: dict) -> RetrainDecision:
+        """The decision back from `to_record`'s form (or a drift-history row; other keys are ignored).
+
+        A breach is a positive streak; a missing or NaN threshold is None (disabled).
+        """
+        try:
+            reasons_text = record["reasons"]
+            retrain = bool(record["retrain"])
+        except KeyError as exc:
+            raise ValueError(f"RetrainDecision.from_record: record lacks {exc.args[0]!r}") from None
+        thresholds: dict[str, float | None] = {}
+        streaks: dict[str, int] = {}
+        for metric in THRESHOLD_DIRECTIONS:
+            threshold = record.get(f"threshold/{metric}")
+            thresholds[metric] = None if threshold is None or math.isnan(threshold) else float(threshold)
+            streaks[metric] = int(record.get(f"streak/{metric}", 0))
+        return cls(retrain=retrain, reasons=reasons_text.split("; ") if reasons_text else [],
+                   breaches={metric: streak > 0 for metric, streak in streaks.items()}, streaks=streaks,
+                   thresholds=thresholds)
+
 
 def decide(metrics: dict[str, float], *, previous_streaks: dict[str, int], days_since_full_retrain: int,
            config: DriftConfig) -> RetrainDecision:
@@ -176,12 +197,14 @@ def drift_record(date: datetime.date, version: int, generation: int, metrics: di
     """One flat row of the drift history for one step.
 
     Columns: ``date`` (ISO string), ``version`` (the store version this step published), ``generation``
-    (full retrains so far), every metric (float; NaN when not measured), then `RetrainDecision.to_record`:
-    ``retrain``, ``reasons`` (joined by '; '), ``threshold/<metric>``, ``streak/<metric>``.
+    (full retrains so far), every metric (float; NaN when not measured; extra keys such as
+    ``quality/ndcg@10`` are welcome), then `RetrainDecision.to_record`: ``retrain``, ``reasons`` (joined
+    by '; '), ``threshold/<metric>``, ``streak/<metric>``.
     """
     if not isinstance(date, datetime.date) or isinstance(date, datetime.datetime):
         raise ValueError(f"drift_record: date must be a datetime.date, got {date!r}")
-    overlap = {name for name in metrics if name in {*_META_COLUMNS, "retrain", "reasons"} or "/" in name}
+    overlap = {name for name in metrics if name in {*_META_COLUMNS, "retrain", "reasons"}
+               or name.startswith(("threshold/", "streak/"))}
     if overlap:
         raise ValueError(f"drift_record: metric names {sorted(overlap)} clash with history columns")
     record: dict = {"date": date.isoformat(), "version": int(version), "generation": int(generation)}

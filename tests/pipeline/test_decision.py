@@ -11,6 +11,7 @@ from pipeline.config import DriftConfig
 from pipeline.decision import (
     HISTORY_SCHEMA,
     THRESHOLD_DIRECTIONS,
+    RetrainDecision,
     append_drift_history,
     decide,
     drift_record,
@@ -139,6 +140,16 @@ def test_to_record_is_flat_and_json_serialisable():
     assert not any(isinstance(value, (dict, list)) for value in record.values())
 
 
+def test_a_decision_round_trips_through_its_record_and_through_the_drift_history(tmp_path):
+    decision = decide(calm_metrics(psi_item_popularity=0.5, quality_ratio=0.6),
+                      previous_streaks={"psi_item_popularity": 1}, days_since_full_retrain=30, config=CONFIG)
+    assert RetrainDecision.from_record(json.loads(json.dumps(decision.to_record()))) == decision
+    record = drift_record(datetime.date(2024, 1, 2), 1, 0, calm_metrics(), decision)
+    append_drift_history(tmp_path, record)
+    row = read_drift_history(tmp_path).iloc[0].to_dict()
+    assert RetrainDecision.from_record(row) == decision
+
+
 # ---------------------------------------------------------------------------------------- drift history
 
 
@@ -211,9 +222,17 @@ def test_leftover_temporary_files_of_an_interrupted_append_are_ignored(tmp_path)
     assert len(read_drift_history(tmp_path)) == 1
 
 
-def test_a_record_with_an_extra_metric_is_stored_and_read_back_beside_older_rows(tmp_path):
+def test_a_record_with_extra_metrics_is_stored_and_read_back_beside_older_rows(tmp_path):
     append_drift_history(tmp_path, _record(2, 1))
-    newer = _record(3, 2) | {"coverage_at_10": 0.4}
-    append_drift_history(tmp_path, newer)
+    metrics = calm_metrics() | {"quality/ndcg@10": 0.3, "quality/users": 120}
+    decision = decide(metrics, previous_streaks={}, days_since_full_retrain=3, config=CONFIG)
+    append_drift_history(tmp_path, drift_record(datetime.date(2024, 1, 3), 2, 1, metrics, decision))
     frame = read_drift_history(tmp_path)
-    assert math.isnan(frame["coverage_at_10"][0]) and frame["coverage_at_10"][1] == 0.4
+    assert math.isnan(frame["quality/ndcg@10"][0]) and frame["quality/ndcg@10"][1] == 0.3
+    assert frame["quality/users"][1] == 120.0
+
+
+def test_a_metric_named_like_a_decision_column_is_refused():
+    decision = decide(calm_metrics(), previous_streaks={}, days_since_full_retrain=3, config=CONFIG)
+    with pytest.raises(ValueError, match="streak/quality_ratio"):
+        drift_record(datetime.date(2024, 1, 3), 2, 1, calm_metrics() | {"streak/quality_ratio": 1.0}, decision)
