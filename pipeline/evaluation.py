@@ -21,8 +21,6 @@ import scipy.sparse as sp
 # when it owns its memory and is writable, so a scorer must return a fresh array, not a cached one.
 Scorer = Callable[[np.ndarray], np.ndarray]
 
-SLICES = ("existing", "new_users", "new_items")
-
 
 def dot_scorer(
     user_vectors: np.ndarray, item_vectors: np.ndarray, item_bias: np.ndarray | None = None
