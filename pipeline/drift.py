@@ -448,13 +448,12 @@ def compute_drift_metrics(inputs: DriftInputs, config: DriftConfig) -> dict[str,
     PSI and JS are NaN on a partition with fewer than ``config.min_partition_interactions`` usable
     interactions (their sampling noise would reach the thresholds; see `popularity_psi`).
     """
-    # `min_partition_interactions` is a proposed DriftConfig field (docs/drift.md); until it exists there
-    # is no small-sample guard (0), exactly the behaviour without it.
-    min_interactions = int(getattr(config, "min_partition_interactions", 0))
+    min_interactions = config.min_partition_interactions
     if inputs.ratings is None or inputs.reference_rating_hist is None:
         js = math.nan
     else:
-        partition_hist, _ = rating_histogram(inputs.ratings)
+        edges = None if config.rating_edges is None else np.asarray(config.rating_edges, np.float64)
+        partition_hist, _ = rating_histogram(inputs.ratings, edges)
         js = rating_js_divergence(inputs.reference_rating_hist, partition_hist, min_interactions)
     history = np.asarray(inputs.recall_history, dtype=np.float64)
     return {

@@ -229,6 +229,11 @@ def _interaction_arrays(interactions: pa.Table, user_vocab: Vocabulary, item_voc
     return users[keep], items[keep], ratings[keep]
 
 
+def _rating_edges(config: AccreteConfig) -> np.ndarray | None:
+    edges = config.drift.rating_edges
+    return None if edges is None else np.asarray(edges, np.float64)
+
+
 def _drift_state(manifest: dict[str, Any]) -> dict[str, Any]:
     return manifest.get("drift_state", {})
 
@@ -407,7 +412,7 @@ def _incremental(config: AccreteConfig, store: Store, state: ModelState, partiti
     reference_items += np.bincount(items, minlength=n_items).astype(reference_items.dtype)
     state.reference = {"user_counts": reference_users, "item_counts": reference_items}
     if partition.has_ratings:
-        hist = drift_mod.rating_histogram(ratings)[0]
+        hist = drift_mod.rating_histogram(ratings, _rating_edges(config))[0]
         state.reference["rating_hist"] = hist if reference_ratings is None else reference_ratings + hist
     timings["drift"] = time.perf_counter() - clock
 
@@ -564,7 +569,7 @@ def _full_retrain(config: AccreteConfig, data_dir: Path, store: Store, as_of: dt
     state.reference = {"user_counts": np.bincount(r_users, minlength=n_users).astype(np.int64),
                        "item_counts": np.bincount(r_items, minlength=n_items).astype(np.int64)}
     if has_ratings:
-        state.reference["rating_hist"] = drift_mod.rating_histogram(r_ratings)[0]
+        state.reference["rating_hist"] = drift_mod.rating_histogram(r_ratings, _rating_edges(config))[0]
     timings["reservoir"] = time.perf_counter() - clock
 
     version = (current.version + 1) if current else 1
