@@ -326,7 +326,7 @@ def _inputs(ratings: np.ndarray | None, reference_rating_hist: np.ndarray | None
 
 
 def test_compute_drift_metrics_returns_every_stable_key_with_each_metric_from_its_function():
-    config = DriftConfig(psi_bins=2, quality_smoothing_steps=2)
+    config = DriftConfig(psi_bins=2, quality_smoothing_steps=2, min_partition_interactions=0)
     reference_hist, _ = rating_histogram(np.array([4.0, 4.0, 3.0, 5.0]))
     inputs = _inputs(np.array([4.0, 4.0, 3.0, 5.0, 1.0]), reference_hist)
     metrics = compute_drift_metrics(inputs, config)
