@@ -172,20 +172,46 @@ class Vocabulary:
             `int64` rows `len_before .. len_after-1` (empty when nothing was new).
         """
         day = _as_day(created)
+        arr = _distinct_values(as_id_array(ids))
+        return self._append(_unknown_distinct(self, arr), day)
+
+    def encode(self, ids: Any, created: datetime.date) -> np.ndarray:
+        """`extend(ids, created)` then `lookup(ids)`, in one hash pass over `ids`: the row of every ID.
+
+        This is the ingest path: each partition's IDs are probed once; only the unknown ones (usually few) are
+        deduplicated, sorted and appended exactly as `extend` would. Null and empty IDs map to row 0.
+        """
+        day = _as_day(created)
         arr = as_id_array(ids)
         if pa.types.is_dictionary(arr.type):
-            chunks = arr.chunks if isinstance(arr, pa.ChunkedArray) else [arr]
-            arr = pa.chunked_array([c.dictionary for c in chunks], type=pa.string())
-        unknown = pc.is_null(pc.index_in(arr, value_set=self._ids))
-        candidates = pc.unique(arr.filter(unknown))
+            self._append(_unknown_distinct(self, _distinct_values(arr)), day)
+            return self.lookup(arr)
+        positions = pc.index_in(arr, value_set=self._ids)
+        if positions.null_count == 0:
+            return _fill_oov(positions, 0)
+        if isinstance(arr, pa.ChunkedArray):
+            arr = arr.combine_chunks()
+            positions = positions.combine_chunks()
+        unknown = pc.is_null(positions)
+        unseen = arr.filter(unknown)
+        start = len(self)
+        new_rows = self._append(pc.unique(unseen), day)
+        rows = pc.fill_null(positions, 0).to_numpy().astype(np.int64)
+        if new_rows.size:
+            found = pc.index_in(unseen, value_set=self._ids.slice(start))
+            rows[unknown.to_numpy(zero_copy_only=False)] = _fill_oov(pc.add(found, start), 0)
+        return rows
+
+    def _append(self, candidates: pa.Array | pa.ChunkedArray, day: np.datetime64) -> np.ndarray:
+        """Append distinct IDs known to be absent, dropping null and empty ones, in sorted order."""
         if isinstance(candidates, pa.ChunkedArray):
             candidates = candidates.combine_chunks()
-        candidates = candidates.filter(pc.greater(pc.binary_length(candidates), 0))  # drops null and ""
+        candidates = candidates.filter(pc.fill_null(pc.greater(pc.binary_length(candidates), 0), False))
         start = len(self._ids)
         if len(candidates) == 0:
             return np.empty(0, dtype=np.int64)
-        new_ids = candidates.take(pc.sort_indices(candidates))
-        self._ids = pa.concat_arrays([self._ids, new_ids.cast(pa.string())])
+        new_ids = candidates.take(pc.sort_indices(candidates)).cast(pa.string())
+        self._ids = pa.concat_arrays([self._ids, new_ids])
         self._created = np.concatenate([self._created, np.full(len(new_ids), day)])
         return np.arange(start, len(self._ids), dtype=np.int64)
 
@@ -308,6 +334,19 @@ class Vocabulary:
         if old.entity != self.entity:
             raise VocabularyError(f"cannot map a {self.entity} vocabulary from a {old.entity} vocabulary")
         return _fill_oov(pc.index_in(self._ids, value_set=old._ids), -1)
+
+
+def _distinct_values(arr: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """The distinct IDs of an array (only the dictionaries are read for dictionary-encoded input)."""
+    if pa.types.is_dictionary(arr.type):
+        chunks = arr.chunks if isinstance(arr, pa.ChunkedArray) else [arr]
+        arr = pa.chunked_array([c.dictionary for c in chunks], type=pa.string())
+    distinct = pc.unique(arr)
+    return distinct.combine_chunks() if isinstance(distinct, pa.ChunkedArray) else distinct
+
+
+def _unknown_distinct(vocab: Vocabulary, distinct: pa.Array) -> pa.Array:
+    return distinct.filter(pc.is_null(pc.index_in(distinct, value_set=vocab.ids)))
 
 
 def _fill_oov(positions: pa.Array | pa.ChunkedArray, fill: int) -> np.ndarray:

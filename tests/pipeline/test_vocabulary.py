@@ -179,3 +179,18 @@ def test_missing_garbage_wrong_entity_or_wrong_columns_fail_clearly(tmp_path):
     _write(tmp_path / "nodate.parquet", [0, 1], [None, "a"], [None, None])
     with pytest.raises(VocabularyError, match="row 1 has no creation date"):
         Vocabulary.load(tmp_path / "nodate.parquet", "user")
+
+
+@SETTINGS
+@given(batches=st.lists(ids_strategy, min_size=1, max_size=5), dictionary=st.booleans())
+def test_encode_equals_extend_then_lookup(batches, dictionary):
+    by_encode, by_extend = Vocabulary.empty("item"), Vocabulary.empty("item")
+    for day, batch in enumerate(batches):
+        arr = pa.array(batch, pa.string())
+        if dictionary:
+            arr = arr.dictionary_encode()
+        created = D0 + datetime.timedelta(days=day)
+        rows = by_encode.encode(arr, created)
+        by_extend.extend(arr, created)
+        assert rows.tolist() == by_extend.lookup(arr).tolist()
+        assert by_encode == by_extend
