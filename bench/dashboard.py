@@ -1,0 +1,87 @@
+"""Benchmark: build the drift dashboard from a store holding a year of daily history.
+
+The store is made once by the real pipeline (a bootstrap full retrain, then one incremental step per day,
+a full retrain whenever the decision says so) on a small synthetic world with cheap settings, and cached
+under --work: re-running resumes or reuses it. Only `build_dashboard` is timed. Target: under 5 s.
+
+    python bench/dashboard.py --work /tmp/accrete-bench-dashboard [--days 365] [--repeat 3]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import statistics
+import time
+from pathlib import Path
+
+TARGET_SECONDS = 5.0
+
+
+def make_year_store(work: Path, days: int, seed: int) -> Path:
+    """Generate (once) a synthetic world of `days` daily partitions and backfill a store over all of it."""
+    from pipeline import contract
+    from pipeline.config import AccreteConfig
+    from pipeline.incremental import pending_partitions, run_full_retrain, run_incremental_step
+    from pipeline.store import Store
+    from pipeline.synthetic import generate_world
+
+    config = AccreteConfig().replace(model={"dim": 8}, train={"epochs": 1, "retrain_epochs": 1, "batch_size": 512},
+                                     eval={"ks": (10,)})
+    data, store = work / "data", work / "store"
+    if not (data / ".complete").exists():
+        generate_world(data, days=days, seed=seed, initial_users=400, initial_items=300, new_users_per_day=4,
+                       new_items_per_day=3, interactions_per_day=300, initial_interactions=4000,
+                       shift_day=days // 2)
+        (data / ".complete").write_text("ok\n")
+    dates = contract.list_partitions(data)
+    if not Store(store).exists():
+        run_full_retrain(data, store, as_of=dates[0], config=config, reason="bootstrap")
+    pending = pending_partitions(data, store)
+    started = time.perf_counter()
+    for i, date in enumerate(pending, 1):
+        result = run_incremental_step(data, store, date, config=config)
+        if result.retrain_due:
+            reasons = result.manifest["drift"]["reasons"]
+            run_full_retrain(data, store, as_of=date, config=config,
+                             reason=reasons if isinstance(reasons, str) else "; ".join(reasons))
+        if i % 25 == 0 or i == len(pending):
+            print(f"  backfilled {date} ({i}/{len(pending)}, {time.perf_counter() - started:.0f} s)", flush=True)
+    return store
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, required=True, help="cache directory for the world and the store")
+    parser.add_argument("--days", type=int, default=365)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeat", type=int, default=3, help="dashboard builds to time")
+    args = parser.parse_args(argv)
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    print(f"store: {args.work / 'store'} ({args.days} days; built once, then reused)")
+    store = make_year_store(args.work, args.days, args.seed)
+
+    from pipeline.dashboard import build_dashboard
+    from pipeline.decision import read_drift_history
+    from pipeline.store import Store
+
+    versions = Store(store).versions()
+    history = read_drift_history(store / "drift")
+    retrains = sum(Store(store).manifest(v)["kind"] == "full_retrain" for v in versions)
+    print(f"history: {len(history)} incremental steps, {retrains} full retrains, {len(versions)} versions, "
+          f"{history['date'].min()} .. {history['date'].max()}")
+    out = args.work / "dashboard.html"
+    seconds = []
+    for _ in range(args.repeat):
+        clock = time.perf_counter()
+        build_dashboard(store, out)
+        seconds.append(time.perf_counter() - clock)
+    size = out.stat().st_size / 1e6
+    median = statistics.median(seconds)
+    print(f"build_dashboard: {', '.join(f'{s:.2f}' for s in seconds)} s (median {median:.2f} s, target < "
+          f"{TARGET_SECONDS:.0f} s) -> {out} ({size:.1f} MB), {dt.datetime.now():%Y-%m-%d %H:%M}")
+    return 0 if median < TARGET_SECONDS else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
