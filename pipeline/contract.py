@@ -37,6 +37,7 @@ ENTITIES = ("interactions", "users", "items")
 METADATA_FILE = "_accrete.json"
 _PARTITION_DIR = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
 _EPOCH = datetime.date(1970, 1, 1)
+_THREADED_READ_ROWS = 50_000
 _SECONDS_PER_UNIT = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 
 INTERACTIONS_SCHEMA = pa.schema([
@@ -237,7 +238,8 @@ def _open_parquet(path: Path, columns: Sequence[str] | None, read_dictionary: Se
         wanted = None if columns is None else [c for c in columns if c in schema.names]
         as_dictionary = [c for c in read_dictionary if c in schema.names] or None
         with pq.ParquetFile(path, read_dictionary=as_dictionary, metadata=metadata) as handle:
-            return handle.read(columns=wanted)
+            # Thread start-up costs more than it saves on small files (most daily / weekly partitions).
+            return handle.read(columns=wanted, use_threads=metadata.num_rows >= _THREADED_READ_ROWS)
     except DataContractError:
         raise
     except (pa.ArrowException, OSError, ValueError, KeyError) as exc:
