@@ -99,6 +99,18 @@ def _check_freq(freq: str, source: str) -> str:
     return freq
 
 
+def _as_date(value: datetime.date | str) -> datetime.date:
+    """A partition date from a `date`, a `datetime` (its date) or an ISO `YYYY-MM-DD` string."""
+    if isinstance(value, datetime.datetime):
+        return value.date()
+    if isinstance(value, datetime.date):
+        return value
+    try:
+        return datetime.date.fromisoformat(str(value))
+    except ValueError:
+        raise DataContractError(f"{value!r} is not a date (expected YYYY-MM-DD)") from None
+
+
 def period_end(date: datetime.date, freq: str) -> datetime.date:
     """The exclusive end of the period starting at `date`: +1 day, +7 days, or +1 calendar month.
 
@@ -106,6 +118,7 @@ def period_end(date: datetime.date, freq: str) -> datetime.date:
     dated on the 1st covers exactly its calendar month.
     """
     _check_freq(freq, "period_end")
+    date = _as_date(date)
     if freq == "day":
         return date + datetime.timedelta(days=1)
     if freq == "week":
@@ -579,6 +592,7 @@ def read_partition(data_dir: str | Path, date: datetime.date, freq: str | None =
     returned.
     """
     data_dir = Path(data_dir)
+    date = _as_date(date)
     freq = _check_freq(freq, "freq") if freq is not None else data_frequency(data_dir)
     if not data_dir.is_dir():
         raise DataContractError(f"{data_dir}: data directory not found")

@@ -299,3 +299,10 @@ def test_item_attribute_tokens_split_multi_valued_genres_and_skip_empty_values()
     assert only_tokens.to_pylist() == ["genres=Action", "genres=Crime", "genres=Thriller", "genres=Action",
                                        "genres=Comedy"]
     assert only_index.tolist() == [0, 0, 0, 3, 3]
+
+
+def test_a_partition_date_may_be_given_as_an_iso_string(tmp_path):
+    write(tmp_path, "interactions", DAY, interactions())
+    assert read_partition(tmp_path, "2024-03-01").date == DAY
+    with pytest.raises(DataContractError, match="not a date"):
+        read_partition(tmp_path, "March 1st")
