@@ -87,8 +87,8 @@ def _tokens_table(items: pa.Table, vocab: Vocabulary) -> pa.Table:
     """(row, token) pairs of the items' attribute tokens, for metadata initialization."""
     if items.num_rows == 0 or items.num_columns <= 1:
         return pa.table({"row": pa.array([], pa.int64()), "token": pa.array([], pa.string())})
-    ids, item_index, tokens = contract.item_attribute_tokens(items)
-    rows = vocab.lookup(pc.take(ids, pa.array(item_index)))
+    ids, (item_index, tokens) = contract.item_attribute_tokens(items)
+    rows = vocab.lookup(ids.take(pa.array(item_index)))
     keep = rows > 0
     return pa.table({"row": pa.array(rows[keep]), "token": pc.filter(pa.array(tokens), pa.array(keep))})
 
