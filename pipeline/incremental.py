@@ -416,7 +416,7 @@ def _incremental(config: AccreteConfig, store: Store, state: ModelState, partiti
         state.reference["rating_hist"] = hist if reference_ratings is None else reference_ratings + hist
     timings["drift"] = time.perf_counter() - clock
 
-    version = int(parent_manifest["version"]) + 1
+    version = store.require_current() + 1  # after --force the parent is older than the current version
     store.write_history(date, partition.interactions)
     manifest = {
         "version": version, "parent": int(parent_manifest["version"]),
