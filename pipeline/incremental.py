@@ -164,6 +164,11 @@ def _grow(array: np.ndarray, n_rows: int, fill: np.ndarray | float = 0.0) -> np.
     return np.concatenate([array, tail])
 
 
+def _ids(*columns: pa.ChunkedArray) -> pa.ChunkedArray:
+    """One string column of IDs from several sources (an absent source may be typed null)."""
+    return pa.chunked_array([chunk.cast(pa.string()) for column in columns for chunk in column.chunks], pa.string())
+
+
 def _rows(vocab: Vocabulary, ids: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return vocab.lookup(ids)
 
@@ -292,8 +297,8 @@ def _incremental(config: AccreteConfig, store: Store, state: ModelState, partiti
 
     # Vocabularies: every new ID from users/, items/ and the interactions, in that order of sources.
     n_old_users, n_old_items = len(state.user_vocab), len(state.item_vocab)
-    state.user_vocab.extend(pa.chunked_array([partition.users["user_id"], partition.interactions["user_id"]]), date)
-    state.item_vocab.extend(pa.chunked_array([partition.items["item_id"], partition.interactions["item_id"]]), date)
+    state.user_vocab.extend(_ids(partition.users["user_id"], partition.interactions["user_id"]), date)
+    state.item_vocab.extend(_ids(partition.items["item_id"], partition.interactions["item_id"]), date)
     n_users, n_items = len(state.user_vocab), len(state.item_vocab)
     n_new_users, n_new_items = n_users - n_old_users, n_items - n_old_items
     state.item_tokens = pa.concat_tables([state.item_tokens, _tokens_table(partition.items, state.item_vocab)])
@@ -525,8 +530,8 @@ def _full_retrain(config: AccreteConfig, data_dir: Path, store: Store, as_of: dt
         partition = contract.read_partition(data_dir, date, freq)
         reports[date.isoformat()] = partition.report
         if date not in consumed:
-            user_vocab.extend(pa.chunked_array([partition.users["user_id"], partition.interactions["user_id"]]), date)
-            item_vocab.extend(pa.chunked_array([partition.items["item_id"], partition.interactions["item_id"]]), date)
+            user_vocab.extend(_ids(partition.users["user_id"], partition.interactions["user_id"]), date)
+            item_vocab.extend(_ids(partition.items["item_id"], partition.interactions["item_id"]), date)
             item_tokens = pa.concat_tables([item_tokens, _tokens_table(partition.items, item_vocab)])
             store.write_history(date, partition.interactions)
             if partition.quarantine.num_rows:
