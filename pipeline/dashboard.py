@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.compute as pc
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
@@ -210,7 +211,10 @@ def _embedding_view(store: Store, version: int, manifest: dict[str, Any]) -> Emb
     body = vectors[1:]
     coords, shown, explained = project_embeddings(body, keep_rows=added - 1, seed=version)
     shown_rows = shown + 1
-    ids = np.asarray(state.item_vocab.id_of(shown_rows).to_pylist(), dtype=object)
+    ids = state.item_vocab.id_of(shown_rows)
+    for raw, entity in (("&", "&amp;"), ("<", "&lt;"), (">", "&gt;")):  # as `_plotly_text`, vectorized
+        ids = pc.replace_substring(ids, raw, entity)
+    ids = ids.to_numpy(zero_copy_only=False).astype(object)
     created = np.datetime_as_string(state.item_vocab.created[shown_rows], unit="D")
     return EmbeddingView(version=version, kind=manifest.get("kind", "?"), coords=coords, shown_rows=shown_rows,
                          shown_ids=ids, shown_created=created, norms=np.linalg.norm(body, axis=1),
@@ -251,9 +255,15 @@ def _retrains(data: DashboardData) -> pd.DataFrame:
     return versions[versions["kind"] == "full_retrain"].reset_index(drop=True)
 
 
+def _plotly_text(text: str) -> str:
+    """Text for a Plotly label: "<" and ">" in a reason ("psi 0.4 > 0.25") must not read as markup tags.
+    Plotly decodes &lt; &gt; &amp; and numeric entities, but not &quot;, so quotes stay as they are."""
+    return html.escape(text, quote=False)
+
+
 def _retrain_hover(retrains: pd.DataFrame) -> list[str]:
     return [f"<b>full retrain</b> v{v} (generation {g})<br>as of {d}<br>reason: "
-            + "<br>".join(html.escape(part) for part in (str(r).split("; ") if r else ["-"]))
+            + "<br>".join(_plotly_text(part) for part in (str(r).split("; ") if r else ["-"]))
             for v, g, d, r in zip(retrains["version"], retrains["generation"], retrains["date"], retrains["reason"])]
 
 
@@ -328,7 +338,7 @@ def drift_figure(data: DashboardData) -> tuple[go.Figure, list[str]]:
         values = history[metric].to_numpy(np.float64)
         streak_col = f"streak/{metric}"
         breached = history[streak_col].to_numpy() > 0 if streak_col in history.columns else np.zeros(len(values), bool)
-        hover_reason = history["reasons"].fillna("").map(lambda r: "<br>".join(html.escape(p) for p in r.split("; ")) if r else "")
+        hover_reason = history["reasons"].fillna("").map(lambda r: "<br>".join(_plotly_text(p) for p in r.split("; ")) if r else "")
         fig.add_trace(go.Scatter(
             x=dates, y=values, mode="lines+markers", name=metric, showlegend=False,
             line={"color": _OK_COLOR, "width": 1.5},
@@ -418,7 +428,7 @@ def exposure_figure(data: DashboardData) -> go.Figure:
     fig = make_subplots(rows=1, cols=2, column_widths=[0.65, 0.35], horizontal_spacing=0.08,
                         specs=[[{"secondary_y": True}, {}]],
                         subplot_titles=[f"New-item exposure in top-{k} vs new-item interaction share",
-                                        "Exposure against interaction share (each period)"])
+                                        "Exposure vs interaction share (per period; dark = early)"])
     fig.update_yaxes(range=[0, 1.05], visible=False, fixedrange=True, secondary_y=True)
     exposure = history[exposure_col].to_numpy(np.float64) if exposure_col else np.full(len(history), np.nan)
     share = history[share_col].to_numpy(np.float64) if share_col in history.columns else np.full(len(history), np.nan)
@@ -508,13 +518,23 @@ def _header_html(data: DashboardData) -> str:
         reasons = [r for r in _reasons_text(m.get("drift", {}).get("reasons", "")).split("; ") if r]
     else:
         due, reasons = False, []
+    held = [r for r in reasons if r.startswith("cooldown:")]
+    waiting = [r for r in reasons if r.startswith("waiting:")]
     if due:
         verdict = '<span class="badge due">RETRAIN DUE</span>'
         why = [r for r in reasons if not r.startswith(("waiting:", "cooldown:"))] or reasons
+    elif held:
+        # Drift fired but the cooldown suppressed it: the retrain comes as soon as the cooldown ends.
+        verdict = '<span class="badge held">retrain held by cooldown</span>'
+        why = reasons
+    elif waiting:
+        verdict = '<span class="badge held">no retrain due · breach waiting</span>'
+        why = reasons
     else:
         verdict = '<span class="badge ok">no retrain due</span>'
         why = reasons if kind == "incremental" else [f"a full retrain just ran (reason: {m.get('reason', '?')})"]
     why_html = "".join(f"<li>{html.escape(r)}</li>" for r in why) or "<li>every drift metric is within its threshold</li>"
+    state = "due" if due else "held" if held else "waiting" if waiting else "ok"
     timings = m.get("timings", {})
     seconds = f", took {timings['total']:.1f} s" if isinstance(timings.get("total"), (int, float)) else ""
     retrain_line = "–"
@@ -532,7 +552,7 @@ def _header_html(data: DashboardData) -> str:
     card_html = "".join(f'<div class="card"><div class="label">{label}</div><div class="value">{value}</div>'
                         f'<div class="detail">{detail}</div></div>' for label, value, detail in cards)
     return (f'<section id="panel-header" data-panel="header" data-version="{m.get("version")}" '
-            f'data-generation="{m.get("generation")}" data-retrain-due="{str(due).lower()}">'
+            f'data-generation="{m.get("generation")}" data-retrain-due="{str(due).lower()}" data-retrain-state="{state}">'
             f'<h1>Accrete drift dashboard</h1><p class="store">{html.escape(data.store)} · {len(history)} incremental '
             f'steps, {len(retrains)} full retrains · built {dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}</p>'
             f'<div class="cards">{card_html}</div><div class="why"><b>Why:</b><ul>{why_html}</ul></div></section>')
@@ -560,7 +580,7 @@ def _decision_log_html(data: DashboardData) -> str:
                 title = f' title="threshold {_fmt(threshold)}, streak {int(streak)}"' if breach else ""
                 cells.append(f'<td class="num{" breach" if breach else ""}"{title}>{_fmt(record[metric])}</td>')
             decision = '<span class="badge due">retrain</span>' if record["retrain"] else "continue"
-            reasons = html.escape(_reasons_text(record["reasons"])).replace("; ", "<br>")
+            reasons = "<br>".join(html.escape(part) for part in _reasons_text(record["reasons"]).split("; "))
             rows.append(f'<tr data-kind="incremental"><td>{date}</td><td>v{version}</td><td>{int(record["generation"])}</td>'
                         f'<td>{decision}</td>{"".join(cells)}<td class="reasons">{reasons}</td></tr>')
         else:
@@ -568,7 +588,7 @@ def _decision_log_html(data: DashboardData) -> str:
             rows.append(f'<tr data-kind="full_retrain" class="retrain-row"><td>{date}</td><td>v{version}</td>'
                         f'<td>{int(record["generation"])}</td><td><b>full retrain</b></td><td colspan="{len(measured)}" class="muted">'
                         f'trained every row from scratch; drift reference and quality baseline reset</td>'
-                        f'<td class="reasons">{html.escape(str(record["reason"]))}</td></tr>')
+                        f'<td class="reasons">{"<br>".join(html.escape(r) for r in _reasons_text(record["reason"]).split("; "))}</td></tr>')
     return (f'<section id="panel-decisions" data-panel="decisions" data-rows="{len(rows)}"><h2>Decision log</h2>'
             f'<p class="explain">Newest first. Red cells are past their threshold (hover for threshold and streak); '
             f'a breach retrains only after <i>patience</i> consecutive steps and outside the cooldown.</p>'
@@ -600,6 +620,7 @@ h1{margin:0 0 4px;font-size:24px} h2{margin:0 0 4px;font-size:18px}
 .card .value{font-size:20px;font-weight:600;margin:4px 0} .card .detail{font-size:13px;color:#3b4354}
 .badge{display:inline-block;padding:2px 10px;border-radius:12px;font-weight:600;font-size:15px}
 .badge.due{background:#fde2e1;color:#b42318} .badge.ok{background:#dcfae6;color:#067647}
+.badge.held{background:#fef0c7;color:#93370d}
 .why{margin-top:10px;font-size:14px} .why ul{margin:4px 0 0;padding-left:20px}
 nav{font-size:13px;margin-top:8px} nav a{margin-right:14px;color:#1f5fbf;text-decoration:none}
 .table-wrap{max-height:600px;overflow:auto;border:1px solid #e3e6eb;border-radius:6px}

@@ -86,6 +86,8 @@ class _Sections(html.parser.HTMLParser):
         if tag == "td" and self._row is not None:
             self._cell = []
             self._row["classes"].append(attrs.get("class") or "")
+        if tag == "br" and self._cell is not None:
+            self._cell.append("\n")
 
     def handle_data(self, data):
         if self._cell is not None:
@@ -161,6 +163,12 @@ def test_header_names_the_current_version_and_whether_a_retrain_is_due(page, bac
     assert f"partition {manifest['partition']}" in text
     assert manifest["created_at"] in text
     assert ("RETRAIN DUE" in text) == due
+    reasons = manifest.get("drift", {}).get("reasons", "") if manifest["kind"] == "incremental" else ""
+    held = not due and "cooldown:" in reasons
+    waiting = not due and not held and "waiting:" in reasons
+    assert header["data-retrain-state"] == ("due" if due else "held" if held else "waiting" if waiting else "ok")
+    for reason in filter(None, reasons.split("; ")):
+        assert html.escape(reason) in text  # every reason of the latest decision is spelled out
 
 
 def test_drift_panel_plots_each_measured_metric_over_every_step_with_its_threshold(page, backfill):
@@ -191,7 +199,8 @@ def test_full_retrains_are_marked_on_every_time_series_with_their_reason_on_hove
             assert list(marker["x"]) == [m["partition"] for m in retrains]
             for hover, manifest in zip(marker["hovertext"], retrains):
                 assert f"v{manifest['version']}" in hover
-                assert manifest["reason"].split("; ")[0].replace(">", "&gt;").replace("<", "&lt;") in hover
+                for reason in manifest["reason"].split("; "):
+                    assert html.escape(reason, quote=False) in hover
 
 
 def test_quality_panel_splits_recall_and_ndcg_into_existing_new_user_and_new_item_slices(page, backfill):
@@ -259,6 +268,7 @@ def test_decision_log_lists_every_step_and_retrain_newest_first(page, backfill):
     for row, (_, record) in zip(steps, history.iloc[::-1].iterrows()):
         assert row["cells"][0] == record["date"]
         assert row["cells"][3] == ("retrain" if record["retrain"] else "continue")
+        assert row["cells"][-1] == "\n".join(record["reasons"].split("; "))  # one reason per line, none split
         breached = sum("breach" in c for c in row["classes"])
         assert breached == sum(int(record[c] > 0) for c in history.columns
                                if c.startswith("streak/") and history[c.removeprefix("streak/")].notna().any())
