@@ -320,9 +320,12 @@ def train(model: MatrixFactorization, *, users: np.ndarray, items: np.ndarray, r
         raise ValueError("the model's variables were not created under this strategy: build it with "
                          "build_model(strategy, ...)")
 
-    with model.distribute_strategy.scope():
-        model.compile(optimizer=make_optimizer(optimizer, learning_rate),
-                      steps_per_execution=STEPS_PER_EXECUTION)
+    strategy = model.distribute_strategy
+    # Several steps per execution run inside a graph while-loop, where the replicas' all-gathers of sparse
+    # (IndexedSlices) gradients of different lengths can pair up across iterations; replicated runs take one step.
+    steps_per_execution = STEPS_PER_EXECUTION if strategy.num_replicas_in_sync == 1 else 1
+    with strategy.scope():
+        model.compile(optimizer=make_optimizer(optimizer, learning_rate), steps_per_execution=steps_per_execution)
     if n == 0 or epochs == 0:
         return {"loss": [], "examples_per_second": 0.0, "seconds": 0.0}
     dataset = shuffled_batches(columns, batch_size, seed)
