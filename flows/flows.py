@@ -1,0 +1,462 @@
+"""Accrete's Prefect flows: `nightly`, `backfill` and `full_retrain`, thin orchestration over `pipeline`.
+
+A flow here is a short script of task calls; every task wraps one plain `pipeline` function and takes
+paths and ISO dates (strings), never DataFrames, so a run's parameters are readable in the Prefect UI
+and a task can be understood without Prefect. Retries are declared on the I/O tasks only (listing
+partitions, reading the store, writing reports); training is never retried automatically, because a
+failed step is either a user's mistake (retrying cannot fix it) or a bug (retrying hides it).
+
+Each run leaves artifacts for review in the Prefect UI under stable keys: a markdown summary
+(``accrete-nightly-summary``, ``accrete-backfill-summary``, ``accrete-full-retrain-summary``), the
+drift metrics of the step as a table (``accrete-drift-metrics``) and a link to the rebuilt dashboard
+(``accrete-dashboard``, ``file://STORE/dashboard.html``).
+
+Called directly (as the CLI does), a flow re-raises the exception its code raised: a
+`pipeline.errors.AccreteError` reaches the caller as itself. Prefect's engine logs such a user error
+as one line, without its traceback (see `_UserErrorTracebackFilter`).
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from pipeline import contract
+from pipeline.config import AccreteConfig
+from pipeline.errors import AccreteError
+from pipeline.incremental import StepResult, run_full_retrain, run_incremental_step, sync_drift_history
+from pipeline.store import Store
+
+NIGHTLY_SUMMARY_KEY = "accrete-nightly-summary"
+BACKFILL_SUMMARY_KEY = "accrete-backfill-summary"
+RETRAIN_SUMMARY_KEY = "accrete-full-retrain-summary"
+DRIFT_METRICS_KEY = "accrete-drift-metrics"
+DASHBOARD_KEY = "accrete-dashboard"
+DASHBOARD_FILE = "dashboard.html"
+
+#: Quality metrics shown in summaries (the manifest holds more: every K and slice).
+HEADLINE_METRICS = ("recall@10", "ndcg@10", "recall@10/new_users", "recall@10/new_items", "coverage@10")
+
+
+class _UserErrorTracebackFilter(logging.Filter):
+    """Keep a user's mistake to one log line.
+
+    Prefect's engine logs every exception that ends a task or flow run with its traceback. For an
+    `AccreteError` (a missing partition, a damaged store, a bad setting) the message already names the
+    file, row or field, and a traceback through Prefect's engine only buries it, on the console and in
+    the UI. Bugs (any other exception) keep their traceback.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], AccreteError):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+_USER_ERROR_FILTER = _UserErrorTracebackFilter()
+for _name in ("prefect.flow_runs", "prefect.task_runs"):
+    logging.getLogger(_name).addFilter(_USER_ERROR_FILTER)
+
+
+def _retry_unless_user_error(task_, task_run, state) -> bool:
+    """Retry condition of the I/O tasks: a transient failure (a file system hiccup) is worth another try;
+    an `AccreteError` is not, since the same input will fail the same way."""
+    return not isinstance(state.data, AccreteError)
+
+
+_IO_RETRIES: dict[str, Any] = {"retries": 2, "retry_delay_seconds": 2, "retry_condition_fn": _retry_unless_user_error}
+
+
+# ----- plain helpers (no Prefect) ---------------------------------------------------------------------
+def _parse_date(text: str, field: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(str(text))
+    except ValueError:
+        raise AccreteError(f"{field}: not a date (YYYY-MM-DD): {text!r}") from None
+
+
+def _finite(value: Any) -> float | None:
+    """A JSON-able number: NaN and infinities (a metric that could not be measured) become None."""
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _reasons(drift: dict[str, Any]) -> list[str]:
+    text = drift.get("reasons") or ""
+    return [reason for reason in text.split("; ") if reason] if isinstance(text, str) else list(text)
+
+
+def _headline(metrics: dict[str, Any]) -> dict[str, float | None]:
+    return {key: _finite(metrics[key]) for key in HEADLINE_METRICS if key in metrics}
+
+
+def _step_summary(result: StepResult) -> dict[str, Any]:
+    """The JSON-able facts of one incremental step (or of a skipped one) that flows and reports need."""
+    manifest = result.manifest
+    rows = manifest.get("rows") or {}
+    drift = manifest.get("drift") or {}
+    incremental = result.kind == "incremental"
+    return {
+        "kind": result.kind,
+        "date": result.date.isoformat(),
+        "version": result.version,
+        "generation": manifest.get("generation"),
+        "message": result.message,
+        "new_users": rows.get("user_new") if incremental else 0,
+        "new_items": rows.get("item_new") if incremental else 0,
+        "metrics": _headline(manifest.get("metrics") or {}) if incremental else {},
+        "retrain_due": bool(drift.get("retrain")) if incremental else False,
+        "reasons": _reasons(drift) if incremental else [],
+        "seconds": _finite((manifest.get("timings") or {}).get("total")) if incremental else 0.0,
+    }
+
+
+def _drift_rows(drift: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per drift metric: its value, and for the metrics that can trigger a retrain, the
+    threshold and the current breach streak."""
+    rows = []
+    for metric, value in sorted((drift.get("metrics") or {}).items()):
+        rows.append({"metric": metric, "value": _finite(value),
+                     "threshold": _finite(drift.get(f"threshold/{metric}")),
+                     "streak": drift.get(f"streak/{metric}")})
+    return rows
+
+
+def _format(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else ("-" if value is None else str(value))
+
+
+def _markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_format(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# ----- tasks ------------------------------------------------------------------------------------------
+@task(name="applied-partitions", **_IO_RETRIES)
+def applied_partitions(store: str) -> list[str]:
+    """ISO dates of every partition the current version has consumed."""
+    s = Store(store)
+    s.require_current()
+    return list(s.manifest()["partitions"])
+
+
+@task(name="partitions-in-range", **_IO_RETRIES)
+def partitions_in_range(data: str, start: str, end: str) -> list[str]:
+    """ISO dates of the data directory's partitions within [start, end], in date order."""
+    first, last = _parse_date(start, "start"), _parse_date(end, "end")
+    if last < first:
+        raise AccreteError(f"end {last} is before start {first}")
+    return [d.isoformat() for d in contract.list_partitions(data) if first <= d <= last]
+
+
+@task(name="sync-drift-history", **_IO_RETRIES)
+def sync_drift(store: str) -> int:
+    """Recover drift-history records that a crash right after a publish left unwritten."""
+    appended = sync_drift_history(store)
+    if appended:
+        get_run_logger().warning("recovered %d missing drift history record(s)", appended)
+    return appended
+
+
+@task(name="pending-retrain", **_IO_RETRIES)
+def pending_retrain(store: str) -> dict[str, Any] | None:
+    """A retrain the current version asked for but that never ran (the run crashed or was killed after
+    the step was published): its date and reasons; None when nothing is owed."""
+    s = Store(store)
+    s.require_current()
+    manifest = s.manifest()
+    drift = manifest.get("drift") or {}
+    if manifest.get("kind") == "incremental" and drift.get("retrain"):
+        return {"date": manifest["partition"], "reasons": _reasons(drift)}
+    return None
+
+
+@task(name="previous-metrics", **_IO_RETRIES)
+def previous_metrics(store: str, version: int) -> dict[str, Any]:
+    """Headline metrics of the closest ancestor of `version` that has any (a full retrain has none: it
+    is not evaluated prequentially); empty for the first incremental step of a store."""
+    s = Store(store)
+    parent = s.manifest(version).get("parent")
+    while parent is not None:
+        manifest = s.manifest(int(parent))
+        if manifest.get("metrics"):
+            return {"version": int(parent), "date": manifest.get("partition"),
+                    "metrics": _headline(manifest["metrics"])}
+        parent = manifest.get("parent")
+    return {}
+
+
+def _step_run_name() -> str:
+    from prefect.runtime import task_run
+
+    return f"incremental-step-{task_run.parameters.get('date') or 'next'}"
+
+
+@task(name="incremental-step", task_run_name=_step_run_name, cache_policy=NO_CACHE)
+def incremental_step(data: str, store: str, date: str | None, force: bool, config_path: str | None) -> dict[str, Any]:
+    """`pipeline.incremental.run_incremental_step`: apply one partition and publish it; never retried."""
+    logger = get_run_logger()
+    config = AccreteConfig.load(config_path)
+    result = run_incremental_step(data, store, _parse_date(date, "date") if date else None, config=config,
+                                  force=force, progress=logger.info)
+    logger.info(result.message)
+    summary = _step_summary(result)
+    summary["drift_rows"] = _drift_rows(result.manifest.get("drift") or {}) if result.kind == "incremental" else []
+    return summary
+
+
+@task(name="full-retrain", cache_policy=NO_CACHE)
+def full_retrain_step(data: str, store: str, as_of: str, window_days: int | None, reason: str,
+                      config_path: str | None) -> dict[str, Any]:
+    """`pipeline.incremental.run_full_retrain`: train every row from scratch as a new generation; never retried."""
+    logger = get_run_logger()
+    config = AccreteConfig.load(config_path)
+    result = run_full_retrain(data, store, _parse_date(as_of, "as_of"), config=config, window_days=window_days,
+                              reason=reason, progress=logger.info)
+    logger.info(result.message)
+    manifest = result.manifest
+    rows = manifest.get("rows") or {}
+    return {"kind": result.kind, "version": result.version, "generation": manifest.get("generation"),
+            "as_of": result.date.isoformat(), "reason": reason, "window_days": manifest.get("window_days"),
+            "users": rows.get("user", 1) - 1, "items": rows.get("item", 1) - 1,
+            "examples": (manifest.get("training") or {}).get("examples"),
+            "seconds": _finite((manifest.get("timings") or {}).get("total")), "message": result.message}
+
+
+@task(name="publish-dashboard", **_IO_RETRIES)
+def publish_dashboard(store: str) -> str:
+    """Rebuild STORE/dashboard.html from the store and link it from the run (`accrete-dashboard`)."""
+    from pipeline.dashboard import build_dashboard
+
+    out = Path(store).resolve() / DASHBOARD_FILE
+    build_dashboard(store, out)
+    create_link_artifact(link=out.as_uri(), link_text=f"Accrete drift dashboard ({out})", key=DASHBOARD_KEY,
+                         description="Self-contained Plotly dashboard of drift metrics, quality and retrains.")
+    get_run_logger().info("dashboard written to %s", out)
+    return str(out)
+
+
+@task(name="report-nightly", **_IO_RETRIES)
+def report_nightly(summary: dict[str, Any]) -> None:
+    """The run's markdown summary (`accrete-nightly-summary`) and drift table (`accrete-drift-metrics`)."""
+    step = summary["step"]
+    lines = [f"# Accrete nightly {summary['date']}", ""]
+    if step["kind"] == "skipped":
+        lines.append(f"Nothing applied: {step['message']}.")
+    else:
+        lines += [f"Applied partition **{step['date']}** as version **{step['version']}** "
+                  f"(generation {step['generation']}, {step['seconds'] or 0:.1f} s).", "",
+                  f"- new users: {step['new_users']:,}", f"- new items: {step['new_items']:,}", ""]
+        previous = summary.get("previous") or {}
+        before = previous.get("metrics", {})
+        lines += [f"## Quality on {step['date']} before training (vs version {previous.get('version', '-')}, "
+                  f"{previous.get('date', 'none')})", ""]
+        rows = [[key, value, before.get(key),
+                 value - before[key] if isinstance(value, float) and isinstance(before.get(key), float) else None]
+                for key, value in step["metrics"].items()]
+        lines += [_markdown_table(["metric", "this step", "previous step", "change"], rows), ""]
+        lines += ["## Drift decision", "", f"**{'RETRAIN' if step['retrain_due'] else 'no retrain'}**", ""]
+        lines += [f"- {reason}" for reason in step["reasons"]] or ["- every drift metric within its threshold"]
+    for retrain in summary["retrains"]:
+        lines += ["", f"## Full retrain as of {retrain['as_of']}", "",
+                  f"Version **{retrain['version']}**, generation {retrain['generation']}, "
+                  f"{retrain['examples']:,} interactions, {retrain['seconds'] or 0:.1f} s. Reason: {retrain['reason']}"]
+    lines += ["", f"Current version: **{summary['version']}**."]
+    create_markdown_artifact("\n".join(lines), key=NIGHTLY_SUMMARY_KEY,
+                             description=f"Accrete nightly step {summary['date']}")
+    if step["drift_rows"]:
+        create_table_artifact(step["drift_rows"], key=DRIFT_METRICS_KEY,
+                              description=f"Drift metrics of partition {step['date']} (version {step['version']})")
+
+
+@task(name="report-backfill", **_IO_RETRIES)
+def report_backfill(report: dict[str, Any], start: str, end: str) -> None:
+    """The backfill's markdown summary (`accrete-backfill-summary`)."""
+    failed = report["failed"]
+    lines = [f"# Accrete backfill {start} to {end}", "",
+             f"- applied: {len(report['applied'])} partition(s)" + (
+                 f" ({report['applied'][0]} to {report['applied'][-1]})" if report["applied"] else ""),
+             f"- skipped (already applied): {len(report['skipped'])}",
+             f"- drift-triggered full retrains after: {', '.join(report['retrained']) or 'none'}",
+             f"- current version: {report['version']}", ""]
+    if failed:
+        lines += [f"**FAILED on {failed['date']}**: {failed['error']}", "",
+                  "Fix the cause and run the same backfill again: it resumes at this date."]
+    else:
+        lines.append("Completed.")
+    create_markdown_artifact("\n".join(lines), key=BACKFILL_SUMMARY_KEY, description=f"Accrete backfill {start}..{end}")
+
+
+@task(name="report-full-retrain", **_IO_RETRIES)
+def report_full_retrain(summary: dict[str, Any]) -> None:
+    """The retrain's markdown summary (`accrete-full-retrain-summary`)."""
+    window = f"the last {summary['window_days']} days" if summary["window_days"] else "all history"
+    text = "\n".join([
+        f"# Accrete full retrain as of {summary['as_of']}", "",
+        f"Version **{summary['version']}**, generation **{summary['generation']}**.", "",
+        f"- reason: {summary['reason']}", f"- trained on {window}: {summary['examples']:,} interactions",
+        f"- rows: {summary['users']:,} users, {summary['items']:,} items",
+        f"- seconds: {summary['seconds'] or 0:.1f}"])
+    create_markdown_artifact(text, key=RETRAIN_SUMMARY_KEY, description=f"Accrete full retrain {summary['as_of']}")
+
+
+# ----- flows ------------------------------------------------------------------------------------------
+def _nightly_run_name() -> str:
+    from prefect.runtime import flow_run
+
+    return f"nightly-{flow_run.parameters.get('date') or 'next'}"
+
+
+@flow(name="full-retrain", flow_run_name="full-retrain-as-of-{as_of}")
+def full_retrain(data: str = "data", store: str = "store", as_of: str | None = None, window_days: int | None = None,
+                 reason: str = "manual", config_path: str | None = None, dashboard: bool = True) -> dict[str, Any]:
+    """Train every row from scratch on the partitions up to `as_of` as a new generation, and make it current.
+
+    On an empty store this bootstraps the first version. Without `as_of`, the retrain is as of the last
+    partition the current version consumed (retrain "now", without taking in new data).
+
+    Args:
+        data, store: the data directory and the model store.
+        as_of: ISO date; the last partition trained on.
+        window_days: train on this many most recent days only (default: the configuration's).
+        reason: recorded in the manifest ("manual", or the drift reasons when `nightly` triggers it).
+        config_path: TOML configuration file (None: defaults).
+        dashboard: rebuild STORE/dashboard.html afterwards.
+
+    Returns:
+        version, generation, as_of, reason, rows and training facts (JSON-able).
+    """
+    if as_of is None:
+        as_of = max(applied_partitions(store))
+    summary = full_retrain_step(data, store, as_of, window_days, reason, config_path)
+    report_full_retrain(summary)
+    if dashboard:
+        summary["dashboard"] = publish_dashboard(store)
+    return summary
+
+
+def _nightly_step(data: str, store: str, date: str | None, force: bool, config_path: str | None) -> dict[str, Any]:
+    """The nightly logic, run inside the calling flow (`nightly`, or `backfill` once per date).
+
+    Backfill runs it as tasks of its own flow rather than as one `nightly` subflow per date: a flow run
+    costs about a second of Prefect bookkeeping (its heartbeat thread is joined at exit), which over a
+    year of partitions is minutes. Each date's task runs carry the date in their names.
+    """
+    logger = get_run_logger()
+    sync_drift(store)
+    retrains = []
+    owed = None if force else pending_retrain(store)
+    if owed:
+        logger.warning("version asked for a retrain after %s that never ran; running it first", owed["date"])
+        retrains.append(full_retrain(data=data, store=store, as_of=owed["date"], reason="; ".join(owed["reasons"]),
+                                     config_path=config_path, dashboard=False))
+    step = incremental_step(data, store, date, force, config_path)
+    previous = previous_metrics(store, step["version"]) if step["kind"] == "incremental" else {}
+    if step["retrain_due"]:
+        logger.info("drift decision after %s: retrain (%s)", step["date"], "; ".join(step["reasons"]))
+        retrains.append(full_retrain(data=data, store=store, as_of=step["date"], reason="; ".join(step["reasons"]),
+                                     config_path=config_path, dashboard=False))
+    version = retrains[-1]["version"] if retrains and retrains[-1]["version"] > step["version"] else step["version"]
+    summary = {
+        "date": step["date"], "kind": step["kind"], "version": version, "step_version": step["version"],
+        "generation": retrains[-1]["generation"] if version != step["version"] else step["generation"],
+        "retrained": bool(retrains), "retrain_version": retrains[-1]["version"] if retrains else None,
+        "reasons": step["reasons"], "new_users": step["new_users"], "new_items": step["new_items"],
+        "metrics": step["metrics"], "previous_metrics": previous.get("metrics", {}), "message": step["message"],
+    }
+    report_nightly({"date": step["date"], "step": step, "previous": previous, "retrains": retrains, "version": version})
+    return summary
+
+
+@flow(name="nightly", flow_run_name=_nightly_run_name)
+def nightly(data: str = "data", store: str = "store", date: str | None = None, force: bool = False,
+            config_path: str | None = None, dashboard: bool = True) -> dict[str, Any]:
+    """One incremental step, then the drift decision; a retrain it calls for runs at once as a subflow.
+
+    Order: recover what a crash may have left (drift records, a retrain that was due but never ran);
+    apply the partition `date`, by default the oldest one not yet applied (so a missed night catches
+    up); if the step's drift decision says retrain, run `full_retrain` as of that date with the drift
+    reasons, and its version becomes current. Then the summary artifacts and the dashboard.
+
+    Args:
+        data, store: the data directory and the model store.
+        date: ISO date of the partition; None applies the oldest pending one.
+        force: redo the latest step although it was applied (recomputed from its parent version).
+        config_path: TOML configuration file (None: defaults).
+        dashboard: rebuild STORE/dashboard.html afterwards.
+
+    Returns:
+        date, kind ("incremental" or "skipped"), version (current after the run), step_version,
+        generation, retrained (bool), retrain_version, reasons (the drift decision's), new_users,
+        new_items, metrics (headline quality of the step, before training on its day), previous_metrics.
+    """
+    summary = _nightly_step(data, store, date, force, config_path)
+    if dashboard:
+        summary["dashboard"] = publish_dashboard(store)
+    return summary
+
+
+@flow(name="backfill", flow_run_name="backfill-{start}-to-{end}")
+def backfill(start: str, end: str, data: str = "data", store: str = "store", config_path: str | None = None,
+             progress_bar: bool = False) -> dict[str, Any]:
+    """Apply every partition in [start, end], in date order, each with the nightly logic (so drift-triggered
+    retrains happen as they would have on those nights), skipping the partitions already applied.
+
+    The first failure stops the backfill: its date and error are reported (the task run of that date
+    shows as Failed in the UI), and the partitions before it stay applied. Running the same
+    backfill again skips them and resumes at the failed date. The store must hold a first version
+    (`accrete retrain --as-of DATE`).
+
+    Args:
+        start, end: ISO dates, inclusive.
+        data, store: the data directory and the model store.
+        config_path: TOML configuration file (None: defaults).
+        progress_bar: show a tqdm bar on the terminal (CLI use).
+
+    Returns:
+        {"applied": [dates], "skipped": [dates], "retrained": [dates after which a full retrain ran],
+        "failed": None or {"date", "error"}, "version": the current version, "dashboard": path}.
+    """
+    logger = get_run_logger()
+    AccreteConfig.load(config_path)  # a bad setting is the user's mistake, not a failure of the first date
+    dates = partitions_in_range(data, start, end)
+    done = set(applied_partitions(store))
+    report: dict[str, Any] = {"applied": [], "skipped": [], "retrained": [], "failed": None}
+    todo = [d for d in dates if d not in done]
+    report["skipped"] = [d for d in dates if d in done]
+    logger.info("%d partition(s) in range, %d already applied, %d to apply", len(dates), len(report["skipped"]),
+                len(todo))
+    with contextlib.ExitStack() as stack:
+        if progress_bar:
+            stack.enter_context(logging_redirect_tqdm())  # log lines print above the bar, not through it
+        bar = stack.enter_context(tqdm(total=len(todo), desc="backfill", unit="partition", disable=not progress_bar))
+        for date in todo:
+            try:
+                result = _nightly_step(data, store, date, False, config_path)
+            except Exception as exc:  # any failure stops the range; the report says where and why
+                report["failed"] = {"date": date, "error": f"{type(exc).__name__}: {exc}"}
+                logger.error("backfill stopped at %s: %s; rerun to resume from there", date, report["failed"]["error"])
+                break
+            (report["applied"] if result["kind"] == "incremental" else report["skipped"]).append(date)
+            if result["retrained"]:
+                report["retrained"].append(date)
+            bar.update(1)
+            bar.set_postfix(version=result["version"])
+    report["skipped"].sort()
+    report["version"] = Store(store).require_current()
+    report_backfill(report, start, end)
+    report["dashboard"] = publish_dashboard(store)
+    return report
+
