@@ -67,10 +67,11 @@ class SwitchEmbedding(tf.keras.layers.Layer):
     def __init__(self, table: np.ndarray, trainable_from: int):
         super().__init__()
         self.trainable_from = trainable_from
-        self.old = tf.keras.layers.Embedding(trainable_from, table.shape[1], trainable=False,
-                                             embeddings_initializer=tf.keras.initializers.Constant(table[:trainable_from]))
-        self.new = tf.keras.layers.Embedding(len(table) - trainable_from, table.shape[1],
-                                             embeddings_initializer=tf.keras.initializers.Constant(table[trainable_from:]))
+        old_rows, new_rows = table[:trainable_from], table[trainable_from:]
+        self.old = tf.keras.layers.Embedding(len(old_rows), table.shape[1], trainable=False,
+                                             embeddings_initializer=tf.keras.initializers.Constant(old_rows))
+        self.new = tf.keras.layers.Embedding(len(new_rows), table.shape[1],
+                                             embeddings_initializer=tf.keras.initializers.Constant(new_rows))
 
     def call(self, rows):
         t = self.trainable_from
@@ -258,8 +259,8 @@ def main(argv=None) -> int:
     print(f"ours: slowest throughput {slowest:,.0f} examples/s at dim {args.dim} "
           f"(target >= {TARGET_EXAMPLES_PER_SECOND:,}): {'PASS' if slowest >= TARGET_EXAMPLES_PER_SECOND else 'MISS'}")
     if full.get(largest):
-        print(f"optimizer state at {largest:,} rows: ours {ours[largest]['slot_elements']:,} slot elements (the tail's) "
-              f"vs {full[largest]['slot_elements']:,} for Adam over the fully trainable table")
+        print(f"optimizer state at {largest:,} rows: ours {ours[largest]['slot_elements']:,} slot elements "
+              f"(the tail's) vs {full[largest]['slot_elements']:,} for Adam over the fully trainable table")
     return 0
 
 

@@ -25,7 +25,8 @@ def _as_rows(existing: np.ndarray) -> tuple[np.ndarray, bool]:
     if existing.ndim == 1:
         return existing.astype(np.float64)[:, None], True
     if existing.ndim != 2:
-        raise ValueError(f"existing rows must be a [rows, dim] table or a [rows] bias table, got shape {existing.shape}")
+        raise ValueError("existing rows must be a [rows, dim] table or a [rows] bias table, "
+                         f"got shape {existing.shape}")
     return existing.astype(np.float64), False
 
 

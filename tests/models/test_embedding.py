@@ -4,6 +4,8 @@ import hashlib
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import models  # noqa: F401
 import tensorflow as tf
@@ -185,3 +187,19 @@ def test_bias_table_under_the_trainable_policy_trains_every_row():
     assert trainable.numpy().shape == (N + 2,)
     with pytest.raises(ValueError, match="bias_policy"):
         bias_trainable_from("sometimes", T)
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 12), data=st.data())
+def test_lookup_equals_indexing_the_full_table_for_any_boundary_and_ids(n, data):
+    trainable_from = data.draw(st.integers(0, n), label="trainable_from")
+    ids = np.array(data.draw(st.lists(st.integers(0, n - 1), max_size=20), label="ids"), dtype=np.int64)
+    table = _table(n, 3)
+    layer = FrozenTailEmbedding(table, trainable_from)
+    np.testing.assert_array_equal(layer(ids).numpy().reshape(len(ids), 3), table[ids])
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(layer(ids))
+    for variable, gradient in zip(layer.trainable_variables, tape.gradient(loss, layer.trainable_variables)):
+        expected = np.sort(ids[ids >= trainable_from] - trainable_from)
+        touched = np.sort(gradient.indices.numpy()) if gradient is not None else np.zeros(0, np.int64)
+        np.testing.assert_array_equal(touched, expected)
