@@ -275,10 +275,21 @@ def _subplots(rows: int, cols: int, titles: list[str], height_per_row: int, *, x
                         vertical_spacing=min(65 / plot_height, 0.3), horizontal_spacing=0.07,
                         specs=[[{"secondary_y": True}] * cols for _ in range(rows)])
     fig.update_yaxes(range=[0, 1.05], visible=False, fixedrange=True, secondary_y=True)
+    _reclaim_secondary_axis_margin(fig)
     fig.update_layout(height=height, margin={"l": 60, "r": 20, "t": 70, "b": 40},
                       template="plotly_white", hoverlabel={"align": "left"},
                       legend={"orientation": "h", "yref": "container", "y": 0.995, "yanchor": "top", "x": 0})
     return fig
+
+
+def _reclaim_secondary_axis_margin(fig: go.Figure) -> None:
+    """make_subplots keeps 6% of the width free for visible secondary y axes; ours are hidden, so the
+    subplots (and their titles) are stretched back to the full width."""
+    scale = 1 / 0.94
+    fig.for_each_xaxis(lambda axis: axis.update(domain=[axis.domain[0] * scale, min(1.0, axis.domain[1] * scale)]))
+    for annotation in fig.layout.annotations:
+        if annotation.xref == "paper":
+            annotation.x = annotation.x * scale
 
 
 def _add_retrain_markers(fig: go.Figure, retrains: pd.DataFrame, cells: list[tuple[int, int]], *,
@@ -326,46 +337,56 @@ def drift_figure(data: DashboardData) -> tuple[go.Figure, list[str]]:
     measured, unmeasured = _drift_metrics(history)
     cols = 2
     rows = max(1, math.ceil(len(measured) / cols))
-    titles = [_metric_title(m) for m in measured]
-    fig = _subplots(rows, cols, titles, 210)
-    retrains = _retrains(data)
     age_cap = _age_cap(data)
+    thresholds = {}
+    for metric in measured:
+        if f"threshold/{metric}" in history.columns:
+            thresholds[metric] = history[f"threshold/{metric}"].to_numpy(np.float64)
+        elif metric == "days_since_full_retrain" and age_cap is not None:
+            thresholds[metric] = np.full(len(history), age_cap)
+    fig = _subplots(rows, cols, [_metric_title(m, thresholds.get(m)) for m in measured], 210)
+    retrains = _retrains(data)
     dates = history["date"] if len(history) else pd.Series([], dtype=str)
+    hover_reason = history["reasons"].fillna("").map(
+        lambda r: "<br>".join(_plotly_text(part) for part in r.split("; ")) if r else "").to_numpy()
     cells = []
+    legend_threshold = True
     for i, metric in enumerate(measured):
         row, col = i // cols + 1, i % cols + 1
         cells.append((row, col))
         values = history[metric].to_numpy(np.float64)
         streak_col = f"streak/{metric}"
         breached = history[streak_col].to_numpy() > 0 if streak_col in history.columns else np.zeros(len(values), bool)
-        hover_reason = history["reasons"].fillna("").map(lambda r: "<br>".join(_plotly_text(p) for p in r.split("; ")) if r else "")
         fig.add_trace(go.Scatter(
             x=dates, y=values, mode="lines+markers", name=metric, showlegend=False,
             line={"color": _OK_COLOR, "width": 1.5},
             marker={"size": 5, "color": np.where(breached, _BREACH_COLOR, _OK_COLOR)},
-            customdata=np.column_stack([history["version"].to_numpy(), hover_reason.to_numpy()]),
+            customdata=np.column_stack([history["version"].to_numpy(), hover_reason]),
             hovertemplate=f"%{{x}} (v%{{customdata[0]}})<br>{metric} = %{{y:.4g}}<br>%{{customdata[1]}}<extra></extra>"),
             row=row, col=col)
-        threshold = None
-        if f"threshold/{metric}" in history.columns:
-            threshold = history[f"threshold/{metric}"].to_numpy(np.float64)
-        elif metric == "days_since_full_retrain" and age_cap is not None:
-            threshold = np.full(len(values), age_cap)
+        threshold = thresholds.get(metric)
         if threshold is not None and np.isfinite(threshold).any():
             fig.add_trace(go.Scatter(
                 x=dates, y=threshold, mode="lines", name="threshold", legendgroup="threshold",
-                showlegend=not any(t.name == "threshold" for t in fig.data),
+                showlegend=legend_threshold,
                 line={"color": "#7f7f7f", "dash": "dash", "width": 1.2, "shape": "hv"},
                 hovertemplate=f"threshold {metric} = %{{y:.4g}}<extra></extra>"), row=row, col=col)
+            legend_threshold = False
     fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name="past threshold (streak > 0)",
                              marker={"color": _BREACH_COLOR, "size": 7}, showlegend=True), row=1, col=1)
     _add_retrain_markers(fig, retrains, cells)
     return fig, unmeasured
 
 
-def _metric_title(metric: str) -> str:
-    direction = THRESHOLD_DIRECTIONS.get(metric)
-    return metric + {"above": " (retrain when above)", "below": " (retrain when below)"}.get(direction, "")
+def _metric_title(metric: str, threshold: np.ndarray | None) -> str:
+    """The metric's name and its trigger, e.g. "psi_item_popularity (retrain above 0.25)"."""
+    finite = threshold[np.isfinite(threshold)] if threshold is not None else np.zeros(0)
+    if not finite.size:
+        return f"{metric} (recorded, no trigger)" if metric in THRESHOLD_DIRECTIONS else metric
+    if metric == "days_since_full_retrain":
+        return f"{metric} (age cap {finite[-1]:g})"
+    side = "below" if THRESHOLD_DIRECTIONS.get(metric) == "below" else "above"
+    return f"{metric} (retrain {side} {finite[-1]:g})"
 
 
 def quality_figure(data: DashboardData) -> go.Figure:
@@ -430,6 +451,7 @@ def exposure_figure(data: DashboardData) -> go.Figure:
                         subplot_titles=[f"New-item exposure in top-{k} vs new-item interaction share",
                                         "Exposure vs interaction share (per period; dark = early)"])
     fig.update_yaxes(range=[0, 1.05], visible=False, fixedrange=True, secondary_y=True)
+    _reclaim_secondary_axis_margin(fig)
     exposure = history[exposure_col].to_numpy(np.float64) if exposure_col else np.full(len(history), np.nan)
     share = history[share_col].to_numpy(np.float64) if share_col in history.columns else np.full(len(history), np.nan)
     fig.add_trace(go.Scatter(x=history["date"], y=exposure, mode="lines+markers", name=f"exposure (top-{k} slots)",
