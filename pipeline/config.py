@@ -22,7 +22,7 @@ from typing import Any
 from pipeline.errors import ConfigError
 
 INIT_STRATEGIES = ("normal", "mean", "metadata", "fold_in", "uniform")
-OBJECTIVES = ("retrieval", "rating")
+OBJECTIVES = ("auto", "retrieval", "rating")
 BIAS_POLICIES = ("frozen", "trainable")
 FREQUENCIES = ("day", "week", "month")
 
@@ -37,7 +37,9 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     dim: int = 32
-    objective: str = "retrieval"
+    # "auto": the rating objective (squared error) when the data carries ratings, retrieval (in-batch
+    # softmax) for implicit feedback. Resolved once per generation, by its full retrain.
+    objective: str = "auto"
     use_bias: bool = True
     # "trainable": every row's bias trains (old items follow popularity shifts; vectors stay frozen).
     # "frozen": biases freeze with their rows.

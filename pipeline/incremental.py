@@ -195,7 +195,14 @@ def _fold_in_spec(opposite: np.ndarray, own_rows: np.ndarray, opposite_rows: np.
             "opposite_rows": opposite_rows[keep], "targets": targets[keep], "weights": None, "l2": l2}
 
 
-def _train(config: AccreteConfig, state: ModelState, *, user_trainable_from: int, item_trainable_from: int,
+def resolve_objective(configured: str, has_ratings: bool) -> str:
+    """The objective to train: "auto" means rating on explicit ratings, retrieval on implicit feedback."""
+    if configured != "auto":
+        return configured
+    return "rating" if has_ratings else "retrieval"
+
+
+def _train(config: AccreteConfig, state: ModelState, objective: str, *, user_trainable_from: int, item_trainable_from: int,
            users: np.ndarray, items: np.ndarray, ratings: np.ndarray, epochs: int, seed: int,
            global_bias: float) -> dict[str, Any]:
     """Train the model on columnar arrays; replaces the state's tables with the trained ones."""
@@ -207,14 +214,14 @@ def _train(config: AccreteConfig, state: ModelState, *, user_trainable_from: int
         user_trainable_from=user_trainable_from, item_trainable_from=item_trainable_from,
         user_bias=state.user_bias if model_config.use_bias else None,
         item_bias=state.item_bias if model_config.use_bias else None,
-        bias_policy=model_config.bias_policy, objective=model_config.objective, l2=model_config.l2,
+        bias_policy=model_config.bias_policy, objective=objective, l2=model_config.l2,
         temperature=model_config.temperature, frozen_lr_multiplier=model_config.frozen_lr_multiplier,
         global_bias=global_bias)
     log_probability = None
-    if model_config.objective == "retrieval" and model_config.sampling_bias_correction:
+    if objective == "retrieval" and model_config.sampling_bias_correction:
         counts = np.bincount(items, minlength=len(state.item_vectors)).astype(np.float64)
         log_probability = np.log(counts[items] / len(items)).astype(np.float32)
-    stats = train(model, users=users, items=items, ratings=ratings if model_config.objective == "rating" else None,
+    stats = train(model, users=users, items=items, ratings=ratings if objective == "rating" else None,
                   item_log_probability=log_probability, epochs=epochs, batch_size=config.train.batch_size,
                   learning_rate=config.train.learning_rate, optimizer=config.train.optimizer, seed=seed)
     tables = model.tables()
@@ -341,10 +348,11 @@ def _incremental(config: AccreteConfig, store: Store, state: ModelState, partiti
         r_users = r_items = np.zeros(0, np.int64)
         r_ratings = np.zeros(0, np.float32)
     global_bias = float(parent_manifest.get("global_bias", 0.0))
+    objective = parent_manifest["objective"]  # fixed for a generation by its full retrain
 
     # Warm initialization of the new rows, now that the partition's interactions may be used.
     if model_config.init == "fold_in":
-        if model_config.objective == "retrieval":
+        if objective == "retrieval":
             level = _positive_level(r_users, r_items, state.user_vectors, state.item_vectors)
             item_targets = user_targets = np.full(len(users), level, np.float32)
         else:
@@ -373,7 +381,7 @@ def _incremental(config: AccreteConfig, store: Store, state: ModelState, partiti
     progress(f"training on {len(users):,} new + {len(r_users):,} replayed interactions")
     training = {"examples_new": int(len(users)), "examples_replayed": int(len(r_users))}
     if config.train.epochs > 0 and len(train_users):
-        training.update(_train(config, state, user_trainable_from=user_from, item_trainable_from=item_from,
+        training.update(_train(config, state, objective, user_trainable_from=user_from, item_trainable_from=item_from,
                                users=train_users, items=train_items, ratings=train_ratings,
                                epochs=config.train.epochs, seed=_seed_for(seed, date, 4), global_bias=global_bias))
     frozen_after = {"user": sha256_of_array(state.user_vectors[:user_from]),
@@ -429,7 +437,7 @@ def _incremental(config: AccreteConfig, store: Store, state: ModelState, partiti
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "partition": date.isoformat(),
         "partitions": sorted({*parent_manifest["partitions"], date.isoformat()}),
-        "global_bias": global_bias,
+        "global_bias": global_bias, "objective": objective,
         "rows": {"user": n_users, "item": n_items, "user_new": n_new_users, "item_new": n_new_items,
                  "user_trainable_from": user_from, "item_trainable_from": item_from},
         "frozen_checksum": frozen_after,
@@ -549,7 +557,8 @@ def _full_retrain(config: AccreteConfig, data_dir: Path, store: Store, as_of: dt
     n_users, n_items = len(user_vocab), len(item_vocab)
     rng = np.random.default_rng(_seed_for(config.model.seed, as_of, 5))
     dim = config.model.dim
-    global_bias = float(ratings.mean()) if config.model.objective == "rating" else 0.0
+    objective = resolve_objective(config.model.objective, has_ratings)
+    global_bias = float(ratings.mean()) if objective == "rating" else 0.0
     state = ModelState(
         user_vocab=user_vocab, item_vocab=item_vocab,
         user_vectors=(rng.normal(0, 0.05, (n_users, dim))).astype(np.float32),
@@ -560,7 +569,7 @@ def _full_retrain(config: AccreteConfig, data_dir: Path, store: Store, as_of: dt
     state.user_vectors[0] = 0.0
     state.item_vectors[0] = 0.0
     progress(f"full retrain on {len(users):,} interactions, {n_users - 1:,} users, {n_items - 1:,} items")
-    training = _train(config, state, user_trainable_from=0, item_trainable_from=0, users=users, items=items,
+    training = _train(config, state, objective, user_trainable_from=0, item_trainable_from=0, users=users, items=items,
                       ratings=ratings, epochs=config.train.retrain_epochs, seed=_seed_for(config.model.seed, as_of, 4),
                       global_bias=global_bias)
     training["examples"] = int(len(users))
@@ -587,7 +596,7 @@ def _full_retrain(config: AccreteConfig, data_dir: Path, store: Store, as_of: dt
         "as_of": as_of.isoformat(), "window_days": window_days,
         "partition": as_of.isoformat() if as_of in dates else max(dates).isoformat(),
         "partitions": all_consumed, "trained_on": [d.isoformat() for d in train_dates],
-        "global_bias": global_bias,
+        "global_bias": global_bias, "objective": objective,
         "rows": {"user": n_users, "item": n_items, "user_new": n_users - (len(current.user_vocab) if current else 0),
                  "item_new": n_items - (len(current.item_vocab) if current else 0),
                  "user_trainable_from": 0, "item_trainable_from": 0},

@@ -27,7 +27,7 @@ def _model(state: ModelState):
         item_trainable_from=len(state.item_vectors),
         user_bias=state.user_bias if config["use_bias"] else None,
         item_bias=state.item_bias if config["use_bias"] else None,
-        objective=config["objective"], global_bias=float(state.manifest.get("global_bias", 0.0)))
+        objective=state.manifest["objective"], global_bias=float(state.manifest.get("global_bias", 0.0)))
 
 
 def _row(vocab, identifier: str, what: str) -> int:
@@ -58,7 +58,7 @@ def similar(store_dir: str | Path, item_id: str, k: int = 10, *, version: int | 
 
 
 def _answer(vocab, rows: np.ndarray, scores: np.ndarray) -> list[dict[str, Any]]:
-    keep = rows > 0
+    keep = rows > 0  # -1 pads a list shorter than k
     ids = vocab.id_of(rows[keep]).to_pylist()
     return [{"rank": rank + 1, "item_id": item, "row": int(r), "score": float(s)}
             for rank, (item, r, s) in enumerate(zip(ids, rows[keep], scores[keep]))]
