@@ -295,10 +295,11 @@ def quality_ratio(recall_history: Sequence[float], smoothing_steps: int) -> floa
     Recall@10 (each step scored on the next partition before training on it) sinks. One day is noisy,
     so the recent level is a moving mean.
 
-    Formula: with ``h = recall_history`` (oldest first; ``h[0]`` is the level just after the
-    retrain, the baseline) and ``s = smoothing_steps``,
-    ``ratio = nanmean(h[-s:]) / h[0]``. While fewer than s steps exist the window includes the
-    baseline itself (ratio near 1, as it should be just after a retrain).
+    Formula: with ``h = recall_history`` (oldest first; its first steps are the level just after the
+    retrain) and ``s = smoothing_steps``, ``ratio = nanmean(h[-s:]) / nanmean(h[:s])``: the baseline
+    is smoothed like the recent level, because a single day's recall over a few hundred users carries
+    about 20% noise. While fewer than 2s steps exist the two windows overlap (ratio near 1, as it
+    should be just after a retrain).
 
     Returns:
         The ratio (1.0 = as good as after the retrain); NaN when the history is empty, the baseline is
@@ -311,7 +312,8 @@ def quality_ratio(recall_history: Sequence[float], smoothing_steps: int) -> floa
         raise ValueError(f"quality_ratio: recall_history must be 1-D, got shape {history.shape}")
     if history.size == 0:
         return math.nan
-    baseline = history[0]
+    head = history[:smoothing_steps]
+    baseline = float(np.nanmean(head)) if np.any(np.isfinite(head)) else math.nan
     window = history[-smoothing_steps:]
     if not math.isfinite(baseline) or baseline == 0 or not np.any(np.isfinite(window)):
         return math.nan

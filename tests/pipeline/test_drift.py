@@ -259,22 +259,23 @@ def test_js_divergence_with_an_empty_histogram_is_nan():
 # ------------------------------------------------------------------------------- quality, staleness, norms
 
 
-def test_quality_ratio_divides_the_mean_of_the_last_steps_by_the_baseline():
-    # Baseline 0.20; last 3 steps 0.16, 0.14, 0.12 -> mean 0.14 -> 0.7.
-    assert quality_ratio([0.20, 0.19, 0.16, 0.14, 0.12], smoothing_steps=3) == pytest.approx(0.7)
+def test_quality_ratio_divides_the_mean_of_the_last_steps_by_the_mean_of_the_first_steps():
+    # Baseline mean(0.21, 0.19, 0.20) = 0.20; last 3 steps 0.16, 0.14, 0.12 -> mean 0.14 -> 0.7.
+    assert quality_ratio([0.21, 0.19, 0.20, 0.16, 0.14, 0.12], smoothing_steps=3) == pytest.approx(0.7)
 
 
-def test_quality_ratio_smoothing_ignores_nan_steps_and_includes_the_baseline_while_history_is_short():
-    assert quality_ratio([0.20, 0.16, math.nan, 0.12], smoothing_steps=3) == pytest.approx(0.7)
-    assert quality_ratio([0.20, 0.10], smoothing_steps=3) == pytest.approx(0.75)
+def test_quality_ratio_smoothing_ignores_nan_steps_and_the_windows_overlap_while_history_is_short():
+    # Baseline nanmean(0.20, 0.16) = 0.18 (first 3 steps, NaN skipped); recent nanmean(0.16, 0.12) = 0.14.
+    assert quality_ratio([0.20, 0.16, math.nan, 0.12], smoothing_steps=3) == pytest.approx(0.14 / 0.18)
+    assert quality_ratio([0.20, 0.10], smoothing_steps=3) == 1.0
     assert quality_ratio([0.20], smoothing_steps=3) == 1.0
 
 
 def test_quality_ratio_is_nan_without_a_usable_baseline():
     assert math.isnan(quality_ratio([], smoothing_steps=3))
-    assert math.isnan(quality_ratio([0.0, 0.1], smoothing_steps=3))
-    assert math.isnan(quality_ratio([math.nan, 0.1], smoothing_steps=3))
-    assert math.isnan(quality_ratio([0.2, math.nan, math.nan], smoothing_steps=2))
+    assert math.isnan(quality_ratio([0.0, 0.0, 0.1], smoothing_steps=2))
+    assert math.isnan(quality_ratio([math.nan, 0.1], smoothing_steps=1))
+    assert math.isnan(quality_ratio([0.2, 0.1, math.nan, math.nan], smoothing_steps=2))
 
 
 def test_staleness_share_is_the_added_fraction_and_nan_for_an_empty_whole():
@@ -340,7 +341,7 @@ def test_compute_drift_metrics_returns_every_stable_key_with_each_metric_from_it
     assert metrics["rating_js_divergence"] == pytest.approx(
         rating_js_divergence(reference_hist, rating_histogram(inputs.ratings)[0]))
     assert metrics["rating_js_divergence"] > 0
-    assert metrics["quality_ratio"] == pytest.approx(0.75)  # mean(0.16, 0.14) / 0.2
+    assert metrics["quality_ratio"] == pytest.approx(0.15 / 0.19)  # mean(0.16, 0.14) / mean(0.2, 0.18)
     assert metrics["recall_at_10"] == pytest.approx(0.14)
     assert metrics["stale_row_share"] == pytest.approx(3 / 9)
     assert metrics["stale_interaction_share"] == pytest.approx(0.25)
