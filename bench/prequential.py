@@ -35,6 +35,7 @@ from pipeline.store import Store  # noqa: E402
 
 DEFAULT_MOVIELENS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-latest-small"
 KEYS = ("recall@10", "ndcg@10", "recall@10/new_items", "ndcg@10/new_items", "recall@10/new_users",
+        "recall@10/recent_items",
         "new_item_exposure@10", "new_item_interaction_share", "coverage@10")
 
 
@@ -121,25 +122,32 @@ def _fmt(value) -> str:
     return "   -  " if value is None or value != value else f"{value:.4f}"
 
 
+def _nanmean(values) -> float:
+    array = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+    return float(np.nanmean(array)) if np.isfinite(array).any() else float("nan")
+
+
 def summarize(results: dict[str, list[dict]]) -> dict[str, dict]:
     summary = {}
     for name, rows in results.items():
         if not rows:
             continue
-        summary[name] = {k: float(np.nanmean([np.nan if r[k] is None else r[k] for r in rows])) for k in KEYS}
+        summary[name] = {k: _nanmean([r.get(k) for r in rows]) for k in KEYS}
         summary[name]["seconds_per_step"] = float(np.mean([r["seconds"] for r in rows]))
         summary[name]["seconds_last_step"] = float(rows[-1]["seconds"])
     return summary
 
 
 def print_table(summary: dict[str, dict]) -> None:
-    header = (f"{'variant':<20} {'R@10':>7} {'NDCG@10':>8} {'newR@10':>8} {'newNDCG':>8} {'newUserR':>8} "
-              f"{'exposure':>8} {'share':>7} {'cover':>7} {'s/step':>7}")
+    header = (f"{'variant':<20} {'R@10':>7} {'NDCG@10':>8} {'newR@10':>8} {'newNDCG':>8} {'recentR':>8} "
+              f"{'newUserR':>8} {'exposure':>8} {'share':>7} {'cover':>7} {'s/step':>7}")
     print(header)
     print("-" * len(header))
+    print("(newR: items new in the scored week, cold; recentR: items added by the previous step, trained once)")
     for name, s in summary.items():
         print(f"{name:<20} {s['recall@10']:>7.4f} {s['ndcg@10']:>8.4f} {s['recall@10/new_items']:>8.4f} "
-              f"{s['ndcg@10/new_items']:>8.4f} {s['recall@10/new_users']:>8.4f} {s['new_item_exposure@10']:>8.4f} "
+              f"{s['ndcg@10/new_items']:>8.4f} {s['recall@10/recent_items']:>8.4f} "
+              f"{s['recall@10/new_users']:>8.4f} {s['new_item_exposure@10']:>8.4f} "
               f"{s['new_item_interaction_share']:>7.4f} {s['coverage@10']:>7.4f} {s['seconds_per_step']:>7.2f}")
 
 

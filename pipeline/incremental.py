@@ -336,6 +336,16 @@ def _incremental(config: AccreteConfig, store: Store, state: ModelState, partiti
         scorer, test_users=users, test_items=items, n_items=n_items, seen=seen,
         new_users=np.arange(n_old_users, n_users), new_items=np.arange(n_old_items, n_items),
         ks=config.eval.ks, user_batch=config.eval.user_batch)
+    if parent_manifest.get("kind") == "incremental":
+        # Items the previous step added (initialized, then trained once): how well a new row does after
+        # one incremental step, which is what the initialization strategy is judged by.
+        previous = parent_manifest["rows"]
+        recent = np.arange(previous["item"] - previous["item_new"], previous["item"])
+        recent_metrics = evaluation.evaluate_prequential(
+            scorer, test_users=users, test_items=items, n_items=n_items, seen=seen, new_items=recent,
+            ks=config.eval.ks, user_batch=config.eval.user_batch)
+        metrics.update({key.replace("/new_items", "/recent_items"): value
+                        for key, value in recent_metrics.items() if key.endswith("/new_items")})
     timings["evaluate"] = time.perf_counter() - clock
 
     # Training set: the new partition plus a replay sample of old interactions.
