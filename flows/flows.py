@@ -21,6 +21,7 @@ import contextlib
 import datetime as dt
 import logging
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,6 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
 
 from pipeline import contract
 from pipeline.config import AccreteConfig
@@ -66,6 +66,38 @@ class _UserErrorTracebackFilter(logging.Filter):
 _USER_ERROR_FILTER = _UserErrorTracebackFilter()
 for _name in ("prefect.flow_runs", "prefect.task_runs"):
     logging.getLogger(_name).addFilter(_USER_ERROR_FILTER)
+
+
+class _TqdmConsoleHandler(logging.Handler):
+    """Prints log records through `tqdm.write`, above the progress bar instead of through it, with the
+    level, formatter and filters of the console handler it stands in for."""
+
+    def __init__(self, console: logging.StreamHandler):
+        super().__init__(console.level)
+        self.setFormatter(console.formatter)
+        self.filters = list(console.filters)
+        self.stream = console.stream
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def _logs_above_progress_bar():
+    """Route the root logger's console handlers (Prefect's console log) through tqdm while a bar runs;
+    other handlers (the API log handler, files) are untouched."""
+    root = logging.getLogger()
+    original = list(root.handlers)
+    root.handlers = [_TqdmConsoleHandler(handler)
+                     if isinstance(handler, logging.StreamHandler) and handler.stream in (sys.stdout, sys.stderr)
+                     else handler for handler in original]
+    try:
+        yield
+    finally:
+        root.handlers = original
 
 
 def _retry_unless_user_error(task_, task_run, state) -> bool:
@@ -440,7 +472,7 @@ def backfill(start: str, end: str, data: str = "data", store: str = "store", con
                 len(todo))
     with contextlib.ExitStack() as stack:
         if progress_bar:
-            stack.enter_context(logging_redirect_tqdm())  # log lines print above the bar, not through it
+            stack.enter_context(_logs_above_progress_bar())
         bar = stack.enter_context(tqdm(total=len(todo), desc="backfill", unit="partition", disable=not progress_bar))
         for date in todo:
             try:
