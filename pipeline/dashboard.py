@@ -37,6 +37,8 @@ PANELS: tuple[str, ...] = ("header", "drift", "quality", "growth", "exposure", "
 
 #: Points drawn in the embedding scatter at most (a uniform sample beyond; the newest rows are kept).
 MAX_EMBEDDING_POINTS = 5000
+#: Periods of the trailing mean drawn over the (noisy) daily quality slices of a long history.
+QUALITY_SMOOTHING = 7
 #: Bins of the embedding-norm histograms.
 NORM_BINS = 40
 
@@ -389,21 +391,36 @@ def _metric_title(metric: str, threshold: np.ndarray | None) -> str:
     return f"{metric} (retrain {side} {finite[-1]:g})"
 
 
-def quality_figure(data: DashboardData) -> go.Figure:
-    """Prequential Recall@10 and NDCG@10 (each day's model scored on the next day before training on it),
-    per slice: all users, existing users and items, new users, new items; with the full retrains."""
+def quality_figure(data: DashboardData, smoothing: int = QUALITY_SMOOTHING) -> go.Figure:
+    """Prequential Recall@10 and NDCG@10 (each period's interactions scored by the model of the period
+    before, before it trains on them), per slice: all users, existing users and items, new users, new
+    items; with the full retrains.
+
+    A day's slice metric averages few users (new users: a handful), so once the history holds at least
+    `3 * smoothing` periods, each slice is drawn as faint daily points plus its trailing mean over
+    `smoothing` periods, ``mean(y[t - smoothing + 1 .. t])`` (fewer at the start; missing values skipped).
+    """
     history = _lineage(data.history)
+    smooth = smoothing > 1 and len(history) >= 3 * smoothing
     fig = _subplots(2, 1, ["Recall@10 (prequential)", "NDCG@10 (prequential)"], 260)
     for row, base in ((1, "recall@10"), (2, "ndcg@10")):
         for suffix, label, color in _SLICES:
             column = f"quality/{base}{suffix}"
             if column not in history.columns:
                 continue
+            values = history[column].to_numpy(np.float64)
             fig.add_trace(go.Scatter(
-                x=history["date"], y=history[column].to_numpy(np.float64), mode="lines+markers", name=label,
-                legendgroup=label, showlegend=row == 1, line={"color": color, "width": 2 if not suffix else 1.5},
-                marker={"size": 4}, connectgaps=False,
+                x=history["date"], y=values, mode="markers" if smooth else "lines+markers", name=label,
+                legendgroup=label, showlegend=row == 1 and not smooth, opacity=0.35 if smooth else 1.0,
+                line={"color": color, "width": 2 if not suffix else 1.5}, marker={"size": 4, "color": color},
                 hovertemplate=f"%{{x}}<br>{base} {label} = %{{y:.4f}}<extra></extra>"), row=row, col=1)
+            if smooth:
+                mean = history[column].astype(np.float64).rolling(smoothing, min_periods=1).mean().to_numpy()
+                fig.add_trace(go.Scatter(
+                    x=history["date"], y=mean, mode="lines", name=f"{label} · {smoothing}-period mean",
+                    legendgroup=label, showlegend=row == 1, line={"color": color, "width": 2.5 if not suffix else 2},
+                    hovertemplate=f"%{{x}}<br>{base} {label}, {smoothing}-period mean = %{{y:.4f}}<extra></extra>"),
+                    row=row, col=1)
     _add_retrain_markers(fig, _retrains(data), [(1, 1), (2, 1)])
     fig.update_yaxes(rangemode="tozero", secondary_y=False)
     return fig

@@ -5,6 +5,7 @@ import base64
 import html
 import html.parser
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -18,7 +19,8 @@ import pytest
 
 from pipeline import contract
 from pipeline.config import AccreteConfig
-from pipeline.dashboard import PANELS, build_dashboard, dashboard_server, project_embeddings
+from pipeline.dashboard import (PANELS, build_dashboard, collect_dashboard_data, dashboard_server, project_embeddings,
+                                quality_figure)
 from pipeline.decision import read_drift_history
 from pipeline.errors import StoreError
 from pipeline.incremental import run_full_retrain, run_incremental_step
@@ -401,3 +403,18 @@ def test_dashboard_renders_in_headless_chromium_without_javascript_errors(dashbo
     assert screenshot.is_file(), result.stderr[-2000:]
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert screenshot.stat().st_size > 50_000  # a blank page compresses to a few kB
+    keep = os.environ.get("ACCRETE_DASHBOARD_SCREENSHOT")  # to look at it: set a path to copy it to
+    if keep:
+        shutil.copy(screenshot, keep)
+
+
+def test_a_long_quality_history_is_drawn_with_its_trailing_mean(backfill):
+    data = collect_dashboard_data(backfill)
+    traces = quality_figure(data, smoothing=3).data
+    raw = np.asarray([t for t in traces if t.name == "new users"][0].y, np.float64)
+    (mean,) = [t for t in traces if t.name == "new users · 3-period mean" and t.yaxis == "y"]
+    windows = [raw[max(0, i - 2):i + 1] for i in range(len(raw))]
+    expected = [np.nanmean(w) if np.isfinite(w).any() else np.nan for w in windows]
+    np.testing.assert_allclose(np.asarray(mean.y, np.float64), expected)
+    short = quality_figure(data, smoothing=7).data  # 10 periods < 3 x 7: daily lines only
+    assert not [t for t in short if "mean" in str(t.name)]
