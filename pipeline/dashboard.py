@@ -269,11 +269,11 @@ def _retrain_hover(retrains: pd.DataFrame) -> list[str]:
             for v, g, d, r in zip(retrains["version"], retrains["generation"], retrains["date"], retrains["reason"])]
 
 
-def _subplots(rows: int, cols: int, titles: list[str], height_per_row: int, *, x_shared: bool = True) -> go.Figure:
+def _subplots(rows: int, cols: int, titles: list[str], height_per_row: int) -> go.Figure:
     """Subplots whose cells all carry a hidden secondary y axis (range 0..1) for the retrain markers."""
     height = max(320, height_per_row * rows + 110)
     plot_height = height - 70 - 40
-    fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, shared_xaxes=x_shared,
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, shared_xaxes=True,
                         vertical_spacing=min(65 / plot_height, 0.3), horizontal_spacing=0.07,
                         specs=[[{"secondary_y": True}] * cols for _ in range(rows)])
     fig.update_yaxes(range=[0, 1.05], visible=False, fixedrange=True, secondary_y=True)
@@ -445,7 +445,8 @@ def growth_figure(data: DashboardData) -> go.Figure:
                                  hovertemplate=f"%{{x}}<br>{label}: %{{y:,}}<extra></extra>"), row=2, col=1)
         fig.add_trace(go.Scatter(x=lineage["date"], y=lineage[f"{entity}_added_share"], mode="lines+markers",
                                  name=label, legendgroup=entity, showlegend=False, line={"color": colors[entity]},
-                                 marker={"size": 4}, hovertemplate=f"%{{x}}<br>{label} added since retrain: %{{y:.1%}}<extra></extra>"),
+                                 marker={"size": 4},
+                                 hovertemplate=f"%{{x}}<br>{label} added since retrain: %{{y:.1%}}<extra></extra>"),
                       row=3, col=1)
     fig.update_layout(barmode="group")
     fig.update_yaxes(tickformat=".0%", rangemode="tozero", row=3, col=1, secondary_y=False)
@@ -574,6 +575,8 @@ def _header_html(data: DashboardData) -> str:
         why = reasons if kind == "incremental" else [f"a full retrain just ran (reason: {m.get('reason', '?')})"]
     why_html = "".join(f"<li>{html.escape(r)}</li>" for r in why) or "<li>every drift metric is within its threshold</li>"
     state = "due" if due else "held" if held else "waiting" if waiting else "ok"
+    users, items = (max(0, int(m.get("rows", {}).get(entity, 1)) - 1) for entity in ("user", "item"))
+    built = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     timings = m.get("timings", {})
     seconds = f", took {timings['total']:.1f} s" if isinstance(timings.get("total"), (int, float)) else ""
     retrain_line = "–"
@@ -583,7 +586,7 @@ def _header_html(data: DashboardData) -> str:
     cards = [
         ("Current version", f"v{m.get('version')} · generation {m.get('generation')}",
          f"{'incremental step' if kind == 'incremental' else 'full retrain'}; "
-         f"{max(0, int(m.get('rows', {}).get('user', 1)) - 1):,} users, {max(0, int(m.get('rows', {}).get('item', 1)) - 1):,} items"),
+         f"{users:,} users, {items:,} items"),
         ("Last run", f"partition {html.escape(str(m.get('partition', '?')))}",
          f"published {html.escape(str(m.get('created_at', '?')))}{seconds}"),
         ("Retrain", verdict, f"last full retrain: {retrain_line}"),
@@ -593,8 +596,13 @@ def _header_html(data: DashboardData) -> str:
     return (f'<section id="panel-header" data-panel="header" data-version="{m.get("version")}" '
             f'data-generation="{m.get("generation")}" data-retrain-due="{str(due).lower()}" data-retrain-state="{state}">'
             f'<h1>Accrete drift dashboard</h1><p class="store">{html.escape(data.store)} · {len(history)} incremental '
-            f'steps, {len(retrains)} full retrains · built {dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}</p>'
+            f'steps, {len(retrains)} full retrains · built {built}</p>'
             f'<div class="cards">{card_html}</div><div class="why"><b>Why:</b><ul>{why_html}</ul></div></section>')
+
+
+def _reason_lines(reasons: Any) -> str:
+    """A decision's reasons as HTML, one per line (split before escaping: "&gt;" holds a "; ")."""
+    return "<br>".join(html.escape(part) for part in _reasons_text(reasons).split("; "))
 
 
 def _decision_log_html(data: DashboardData) -> str:
@@ -619,19 +627,21 @@ def _decision_log_html(data: DashboardData) -> str:
                 title = f' title="threshold {_fmt(threshold)}, streak {int(streak)}"' if breach else ""
                 cells.append(f'<td class="num{" breach" if breach else ""}"{title}>{_fmt(record[metric])}</td>')
             decision = '<span class="badge due">retrain</span>' if record["retrain"] else "continue"
-            reasons = "<br>".join(html.escape(part) for part in _reasons_text(record["reasons"]).split("; "))
+            reasons = _reason_lines(record["reasons"])
             rows.append(f'<tr data-kind="incremental"><td>{date}</td><td>v{version}</td><td>{int(record["generation"])}</td>'
                         f'<td>{decision}</td>{"".join(cells)}<td class="reasons">{reasons}</td></tr>')
         else:
             record = retrains.iloc[i]
             rows.append(f'<tr data-kind="full_retrain" class="retrain-row"><td>{date}</td><td>v{version}</td>'
-                        f'<td>{int(record["generation"])}</td><td><b>full retrain</b></td><td colspan="{len(measured)}" class="muted">'
+                        f'<td>{int(record["generation"])}</td><td><b>full retrain</b></td>'
+                        f'<td colspan="{len(measured)}" class="muted">'
                         f'trained every row from scratch; drift reference and quality baseline reset</td>'
-                        f'<td class="reasons">{"<br>".join(html.escape(r) for r in _reasons_text(record["reason"]).split("; "))}</td></tr>')
+                        f'<td class="reasons">{_reason_lines(record["reason"])}</td></tr>')
     return (f'<section id="panel-decisions" data-panel="decisions" data-rows="{len(rows)}"><h2>Decision log</h2>'
             f'<p class="explain">Newest first. Red cells are past their threshold (hover for threshold and streak); '
             f'a breach retrains only after <i>patience</i> consecutive steps and outside the cooldown.</p>'
-            f'<div class="table-wrap"><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div></section>')
+            f'<div class="table-wrap"><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
+            f'</section>')
 
 
 def _panel(name: str, title: str, explain: str, body: str) -> str:

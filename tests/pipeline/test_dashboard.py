@@ -211,8 +211,8 @@ def test_quality_panel_splits_recall_and_ndcg_into_existing_new_user_and_new_ite
     for label, suffix in (("all users", ""), ("existing", "/existing"), ("new users", "/new_users"),
                           ("new items", "/new_items")):
         recall, ndcg = _named(traces, label)
-        np.testing.assert_allclose(np.array(recall["y"], np.float64), history[f"quality/recall@10{suffix}"].to_numpy(np.float64))
-        np.testing.assert_allclose(np.array(ndcg["y"], np.float64), history[f"quality/ndcg@10{suffix}"].to_numpy(np.float64))
+        for trace, column in ((recall, f"quality/recall@10{suffix}"), (ndcg, f"quality/ndcg@10{suffix}")):
+            np.testing.assert_allclose(np.array(trace["y"], np.float64), history[column].to_numpy(np.float64))
     assert np.isfinite(np.array(_named(traces, "all users")[0]["y"], np.float64)).all()
 
 
@@ -237,8 +237,8 @@ def test_exposure_panel_puts_new_item_exposure_against_interaction_share(page, b
     traces = page.traces("chart-exposure")
     (exposure,) = _named(traces, "exposure (top-10 slots)")
     (share,) = _named(traces, "interaction share")
-    np.testing.assert_allclose(np.array(exposure["y"], np.float64), history["quality/new_item_exposure@10"].to_numpy(np.float64))
-    np.testing.assert_allclose(np.array(share["y"], np.float64), history["quality/new_item_interaction_share"].to_numpy(np.float64))
+    for trace, column in ((exposure, "quality/new_item_exposure@10"), (share, "quality/new_item_interaction_share")):
+        np.testing.assert_allclose(np.array(trace["y"], np.float64), history[column].to_numpy(np.float64))
     assert _finite(share["y"]).max() > 0
 
 
