@@ -111,6 +111,12 @@ class RetrainDecision:
                    thresholds=thresholds)
 
 
+def fired_reasons(reasons: list[str]) -> list[str]:
+    """The reasons that caused a retrain (age cap, triggers past patience), without the "waiting:" and
+    "cooldown:" notes that only explain what did not fire. Use it as a full retrain's stated reason."""
+    return [reason for reason in reasons if not reason.startswith(("waiting:", "cooldown:"))]
+
+
 def decide(metrics: dict[str, float], *, previous_streaks: dict[str, int], days_since_full_retrain: int,
            config: DriftConfig) -> RetrainDecision:
     """Decide whether to run a full retrain after this step.

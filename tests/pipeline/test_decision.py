@@ -236,3 +236,12 @@ def test_a_metric_named_like_a_decision_column_is_refused():
     decision = decide(calm_metrics(), previous_streaks={}, days_since_full_retrain=3, config=CONFIG)
     with pytest.raises(ValueError, match="streak/quality_ratio"):
         drift_record(datetime.date(2024, 1, 3), 2, 1, calm_metrics() | {"streak/quality_ratio": 1.0}, decision)
+
+
+def test_fired_reasons_leave_out_waiting_and_cooldown_notes():
+    from pipeline.decision import fired_reasons
+
+    reasons = ["psi_item_popularity 0.41 > 0.25 for 2 consecutive steps (patience 2)",
+               "waiting: quality_ratio 0.45 < 0.5 for 1 consecutive step (patience 2)",
+               "cooldown: rating_js_divergence 0.2 > 0.1 suppressed, 3 days since last full retrain < 7"]
+    assert fired_reasons(reasons) == reasons[:1]

@@ -11,7 +11,7 @@ import pytest
 
 from pipeline import contract
 from pipeline.config import AccreteConfig
-from pipeline.decision import read_drift_history
+from pipeline.decision import fired_reasons, read_drift_history
 from pipeline.incremental import run_full_retrain, run_incremental_step
 from pipeline.synthetic import generate_world
 
@@ -33,7 +33,7 @@ def replay(tmp_path: Path, shift_day: int | None) -> list[tuple[int, list[str]]]
     for day, date in enumerate(dates[1:], start=1):
         step = run_incremental_step(data, store, date, config=CONFIG)
         if step.manifest["drift"]["retrain"]:
-            reasons = step.manifest["drift"]["reasons"]
+            reasons = fired_reasons(step.manifest["drift"]["reasons"])
             retrains.append((day, reasons))
             run_full_retrain(data, store, date, config=CONFIG, reason="; ".join(reasons))
     history = read_drift_history(store / "drift")
