@@ -117,6 +117,11 @@ def _parse_date(text: str, field: str) -> dt.date:
         raise AccreteError(f"{field}: not a date (YYYY-MM-DD): {text!r}") from None
 
 
+def _paths(data: str | Path, store: str | Path, config_path: str | Path | None) -> tuple[str, str, str | None]:
+    """Paths as the strings tasks take (a flow accepts `Path` objects too, as the CLI passes them)."""
+    return str(data), str(store), None if config_path is None else str(config_path)
+
+
 def _finite(value: Any) -> float | None:
     """A JSON-able number: NaN and infinities (a metric that could not be measured) become None."""
     if isinstance(value, (int, float)) and math.isfinite(value):
@@ -352,8 +357,9 @@ def _nightly_run_name() -> str:
 
 
 @flow(name="full-retrain", flow_run_name="full-retrain-as-of-{as_of}")
-def full_retrain(data: str = "data", store: str = "store", as_of: str | None = None, window_days: int | None = None,
-                 reason: str = "manual", config_path: str | None = None, dashboard: bool = True) -> dict[str, Any]:
+def full_retrain(data: str | Path = "data", store: str | Path = "store", as_of: str | None = None,
+                 window_days: int | None = None, reason: str = "manual", config_path: str | Path | None = None,
+                 dashboard: bool = True) -> dict[str, Any]:
     """Train every row from scratch on the partitions up to `as_of` as a new generation, and make it current.
 
     On an empty store this bootstraps the first version. Without `as_of`, the retrain is as of the last
@@ -370,6 +376,7 @@ def full_retrain(data: str = "data", store: str = "store", as_of: str | None = N
     Returns:
         version, generation, as_of, reason, rows and training facts (JSON-able).
     """
+    data, store, config_path = _paths(data, store, config_path)
     if as_of is None:
         as_of = max(applied_partitions(store))
     summary = full_retrain_step(data, store, as_of, window_days, reason, config_path)
@@ -413,8 +420,8 @@ def _nightly_step(data: str, store: str, date: str | None, force: bool, config_p
 
 
 @flow(name="nightly", flow_run_name=_nightly_run_name)
-def nightly(data: str = "data", store: str = "store", date: str | None = None, force: bool = False,
-            config_path: str | None = None, dashboard: bool = True) -> dict[str, Any]:
+def nightly(data: str | Path = "data", store: str | Path = "store", date: str | None = None, force: bool = False,
+            config_path: str | Path | None = None, dashboard: bool = True) -> dict[str, Any]:
     """One incremental step, then the drift decision; a retrain it calls for runs at once as a subflow.
 
     Order: recover what a crash may have left (drift records, a retrain that was due but never ran);
@@ -434,6 +441,7 @@ def nightly(data: str = "data", store: str = "store", date: str | None = None, f
         generation, retrained (bool), retrain_version, reasons (the drift decision's), new_users,
         new_items, metrics (headline quality of the step, before training on its day), previous_metrics.
     """
+    data, store, config_path = _paths(data, store, config_path)
     summary = _nightly_step(data, store, date, force, config_path)
     if dashboard:
         summary["dashboard"] = publish_dashboard(store)
@@ -441,8 +449,8 @@ def nightly(data: str = "data", store: str = "store", date: str | None = None, f
 
 
 @flow(name="backfill", flow_run_name="backfill-{start}-to-{end}")
-def backfill(start: str, end: str, data: str = "data", store: str = "store", config_path: str | None = None,
-             progress_bar: bool = False) -> dict[str, Any]:
+def backfill(start: str, end: str, data: str | Path = "data", store: str | Path = "store",
+             config_path: str | Path | None = None, progress_bar: bool = False) -> dict[str, Any]:
     """Apply every partition in [start, end], in date order, each with the nightly logic (so drift-triggered
     retrains happen as they would have on those nights), skipping the partitions already applied.
 
@@ -462,6 +470,7 @@ def backfill(start: str, end: str, data: str = "data", store: str = "store", con
         "failed": None or {"date", "error"}, "version": the current version, "dashboard": path}.
     """
     logger = get_run_logger()
+    data, store, config_path = _paths(data, store, config_path)
     AccreteConfig.load(config_path)  # a bad setting is the user's mistake, not a failure of the first date
     dates = partitions_in_range(data, start, end)
     done = set(applied_partitions(store))

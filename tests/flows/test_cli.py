@@ -1,0 +1,146 @@
+"""The `accrete` command line as a user runs it: a subprocess, real Parquet, a real store, real Prefect flows
+(on a temporary local API). A user's mistake ends in one clear line and a non-zero exit, never a traceback."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pyarrow.compute as pc
+import pytest
+
+from flows.cli import build_parser
+from pipeline.contract import list_partitions
+from pipeline.exports import read_export
+from pipeline.store import Store
+
+
+def _commands() -> list[str]:
+    parser = build_parser()
+    subparsers = next(action for action in parser._actions if action.dest == "command")
+    return sorted(subparsers.choices)
+
+
+def _assert_one_error_line(proc: subprocess.CompletedProcess, command: str, *fragments: str,
+                           alone: bool = False) -> str:
+    """Exit code 2, no traceback, exactly one `accrete COMMAND: error: ...` line naming every fragment, and
+    after it at most the temporary Prefect server's shutdown notice. `alone`: that line is all of stderr
+    (commands that run no Prefect flow; a flow's run log precedes it otherwise)."""
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith(f"accrete {command}: error:")]
+    assert len(errors) == 1, proc.stderr
+    after = lines[lines.index(errors[0]) + 1:]
+    assert all("Stopping temporary server" in line for line in after), proc.stderr
+    for fragment in fragments:
+        assert fragment in errors[0]
+    if alone:
+        assert lines == errors
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def cli_store(world, config_path, tmp_path_factory, run_cli):
+    """A store made through the CLI itself: `retrain` as of the first day, then one `nightly` (read-only)."""
+    store = tmp_path_factory.mktemp("cli") / "store"
+    first = list_partitions(world)[0].isoformat()
+    boot = run_cli("retrain", "--data", world, "--store", store, "--as-of", first, "--config", config_path, "--json")
+    assert boot.returncode == 0, boot.stderr
+    assert json.loads(boot.stdout)["version"] == 1
+    step = run_cli("nightly", "--data", world, "--store", store, "--config", config_path, "--json")
+    assert step.returncode == 0, step.stderr
+    assert json.loads(step.stdout)["kind"] == "incremental"
+    return store
+
+
+@pytest.fixture
+def store_copy(cli_store, tmp_path):
+    copy = tmp_path / "store"
+    shutil.copytree(cli_store, copy)
+    return copy
+
+
+@pytest.mark.parametrize("command", _commands())
+def test_every_command_prints_its_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args([command, "--help"])
+    assert exit_info.value.code == 0
+    assert f"usage: accrete {command}" in capsys.readouterr().out
+
+
+def test_help_runs_as_a_subprocess_without_loading_tensorflow_or_prefect(cli_env):
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", "--help"], capture_output=True, text=True, env=cli_env,
+                          timeout=60)
+    assert proc.returncode == 0 and all(command in proc.stdout for command in _commands())
+    probe = subprocess.run(
+        [sys.executable, "-c", "import sys, flows.cli\n"
+                               "try:\n    flows.cli.main(['status', '--help'])\nexcept SystemExit:\n    pass\n"
+                               "print(sorted(m for m in ('tensorflow', 'prefect') if m in sys.modules))"],
+        capture_output=True, text=True, env=cli_env, timeout=60)
+    assert probe.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_badly_formatted_date_is_one_usage_error(run_cli):
+    proc = run_cli("nightly", "--date", "2024-13-45")
+    _assert_one_error_line(proc, "nightly", "not a date (YYYY-MM-DD): '2024-13-45'")
+
+
+def test_a_date_without_partition_is_one_clear_line(run_cli, world, store_copy, config_path):
+    proc = run_cli("nightly", "--data", world, "--store", store_copy, "--date", "2099-01-01", "--config", config_path)
+    _assert_one_error_line(proc, "nightly", "no partition for 2099-01-01", str(world))
+    assert Store(store_copy).require_current() == 2  # nothing published
+
+
+def test_a_wrong_store_path_is_one_clear_line(run_cli, tmp_path):
+    missing = tmp_path / "no-such-store"
+    _assert_one_error_line(run_cli("status", "--store", missing), "status", str(missing), "no such store", alone=True)
+    proc = run_cli("export", "--store", missing, "--out", tmp_path / "x.parquet")
+    _assert_one_error_line(proc, "export", str(missing), alone=True)
+    assert not (tmp_path / "x.parquet").exists()
+
+
+def test_a_damaged_store_is_one_clear_line_for_reads_and_runs(run_cli, world, store_copy, config_path):
+    (store_copy / "CURRENT").write_text("garbage\n")
+    _assert_one_error_line(run_cli("status", "--store", store_copy), "status", "CURRENT", "damaged pointer", alone=True)
+    proc = run_cli("nightly", "--data", world, "--store", store_copy, "--config", config_path)
+    _assert_one_error_line(proc, "nightly", "CURRENT", "damaged pointer 'garbage'")
+
+
+def test_status_json_describes_the_store_after_a_run(run_cli, cli_store, world):
+    proc = run_cli("status", "--store", cli_store, "--json")
+    assert proc.returncode == 0, proc.stderr
+    status = json.loads(proc.stdout)
+    assert status["current"] == 2 and status["generation"] == 1
+    assert [v["kind"] for v in status["versions"]] == ["full_retrain", "incremental"]
+    assert status["last_partition"] == list_partitions(world)[1].isoformat()
+    assert "recall@10" in status["versions"][1]["metrics"]
+
+
+def test_export_writes_every_row_and_the_delta_since_a_version(run_cli, cli_store, tmp_path):
+    state = Store(cli_store).load()
+    full_path, delta_path = tmp_path / "full.parquet", tmp_path / "delta.parquet"
+    full = run_cli("export", "--store", cli_store, "--out", full_path, "--json")
+    assert full.returncode == 0, full.stderr
+    table = read_export(full_path)
+    assert table.num_rows == (len(state.user_vocab) - 1) + (len(state.item_vocab) - 1)
+
+    delta = run_cli("export", "--store", cli_store, "--delta-since", "1", "--out", delta_path, "--json")
+    assert delta.returncode == 0, delta.stderr
+    changes = read_export(delta_path)
+    new_items = state.manifest["rows"]["item_new"]
+    added = pc.and_(pc.equal(changes["entity"], "item"), pc.equal(changes["change"], "added"))
+    assert new_items > 0 and pc.sum(added).as_py() == new_items
+
+
+@pytest.mark.slow
+def test_the_demo_triggers_a_drift_retrain_and_writes_the_dashboard(run_cli, tmp_path):
+    """A short demo (12 days, shift on day 4): the cooldown (7 days) allows a retrain from day 7 on."""
+    proc = run_cli("demo", "--workdir", tmp_path / "demo", "--days", "12", "--shift-day", "4", timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "Drift-triggered full retrains" in proc.stdout and "generation 2" in proc.stdout
+    assert (tmp_path / "demo" / "store" / "dashboard.html").stat().st_size > 0
+    assert f"accrete status --store {tmp_path / 'demo' / 'store'}" in proc.stdout
+    again = run_cli("demo", "--workdir", tmp_path / "demo")
+    _assert_one_error_line(again, "demo", "already holds a demo")
