@@ -111,9 +111,12 @@ class RetrainDecision:
                    thresholds=thresholds)
 
 
-def fired_reasons(reasons: list[str]) -> list[str]:
+def fired_reasons(reasons: str | list[str]) -> list[str]:
     """The reasons that caused a retrain (age cap, triggers past patience), without the "waiting:" and
-    "cooldown:" notes that only explain what did not fire. Use it as a full retrain's stated reason."""
+    "cooldown:" notes that only explain what did not fire. Use it as a full retrain's stated reason.
+    `reasons` is a decision's list, or its record form (joined by '; ', as stored in a manifest)."""
+    if isinstance(reasons, str):
+        reasons = reasons.split("; ") if reasons else []
     return [reason for reason in reasons if not reason.startswith(("waiting:", "cooldown:"))]
 
 

@@ -245,3 +245,5 @@ def test_fired_reasons_leave_out_waiting_and_cooldown_notes():
                "waiting: quality_ratio 0.45 < 0.5 for 1 consecutive step (patience 2)",
                "cooldown: rating_js_divergence 0.2 > 0.1 suppressed, 3 days since last full retrain < 7"]
     assert fired_reasons(reasons) == reasons[:1]
+    assert fired_reasons("; ".join(reasons)) == reasons[:1]
+    assert fired_reasons("") == []

@@ -47,7 +47,7 @@ def test_a_regime_shift_triggers_a_retrain_within_three_steps_and_never_before(t
     assert retrains, "the shift did not trigger a retrain"
     first_day, reasons = retrains[0]
     assert SHIFT_DAY <= first_day <= SHIFT_DAY + 3, retrains
-    assert any("psi_item_popularity" in r or "quality_ratio" in r for r in reasons)
+    assert any("psi_item_popularity" in r or "quality_ratio" in r for r in reasons), retrains
 
 
 def test_a_stationary_world_triggers_no_drift_retrain_in_sixty_steps(tmp_path):
