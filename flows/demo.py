@@ -87,7 +87,8 @@ def _summary_text(status: dict[str, Any], reasons: dict[int, str], world: dict[s
     if retrains:
         lines.append("Drift-triggered full retrains (version, as of, why):")
         for v in retrains:
-            lines.append(f"  v{v['version']} (generation {v['generation']}) as of {v['partition']}: {reasons[v['version']]}")
+            lines.append(f"  v{v['version']} (generation {v['generation']}) as of {v['partition']}: "
+                         f"{reasons[v['version']]}")
         first_retrain = retrains[0]["partition"]
         second = retrains[1]["partition"] if len(retrains) > 1 else None
         periods = [("before the shift", None, _shift_iso(shift, -1)),

@@ -75,7 +75,8 @@ def build_deployments(data: str | Path = "data", store: str | Path = "store", cr
             description="Apply the oldest pending partition; a drift-triggered full retrain follows when due."),
         backfill.to_deployment(
             name="backfill", **common,
-            description="Apply every pending partition in [start, end] in date order; a rerun resumes after a failure."),
+            description="Apply every pending partition in [start, end] in date order; a rerun resumes "
+                        "after a failure."),
         full_retrain.to_deployment(
             name="full-retrain", **common,
             description="Train every row from scratch as of a date (default: the last applied partition)."),

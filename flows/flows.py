@@ -174,6 +174,10 @@ def _format(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else ("-" if value is None else str(value))
 
 
+def _change(value: Any, before: Any) -> str | None:
+    return f"{value - before:+.4f}" if isinstance(value, float) and isinstance(before, float) else None
+
+
 def _markdown_table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(_format(cell) for cell in row) + " |" for row in rows]
@@ -300,8 +304,7 @@ def report_nightly(summary: dict[str, Any]) -> None:
         before = previous.get("metrics", {})
         lines += [f"## Quality on {step['date']} before training (vs version {previous.get('version', '-')}, "
                   f"{previous.get('date', 'none')})", ""]
-        rows = [[key, value, before.get(key),
-                 value - before[key] if isinstance(value, float) and isinstance(before.get(key), float) else None]
+        rows = [[key, value, before.get(key), _change(value, before.get(key))]
                 for key, value in step["metrics"].items()]
         lines += [_markdown_table(["metric", "this step", "previous step", "change"], rows), ""]
         lines += ["## Drift decision", "", f"**{'RETRAIN' if step['retrain_due'] else 'no retrain'}**", ""]

@@ -144,3 +144,16 @@ def test_the_demo_triggers_a_drift_retrain_and_writes_the_dashboard(run_cli, tmp
     assert f"accrete status --store {tmp_path / 'demo' / 'store'}" in proc.stdout
     again = run_cli("demo", "--workdir", tmp_path / "demo")
     _assert_one_error_line(again, "demo", "already holds a demo")
+
+
+def test_serve_without_a_server_or_with_a_bad_schedule_is_one_clear_line(run_cli, world, tmp_path, cli_env):
+    assert "PREFECT_API_URL" not in cli_env  # and the session's PREFECT_HOME has no profile naming a server
+    proc = run_cli("serve", "--data", world, "--store", tmp_path / "store")
+    _assert_one_error_line(proc, "serve", "prefect server start", "PREFECT_API_URL", alone=True)
+    # The schedule is checked before anything talks to the server (nothing listens on this port).
+    proc = run_cli("serve", "--data", world, "--store", tmp_path / "store", "--cron", "0 25 * * *",
+                   PREFECT_API_URL="http://127.0.0.1:9/api")
+    _assert_one_error_line(proc, "serve", "--cron '0 25 * * *'", alone=True)
+    proc = run_cli("serve", "--data", world, "--store", tmp_path / "store", "--timezone", "Mars/Olympus_Mons",
+                   PREFECT_API_URL="http://127.0.0.1:9/api")
+    _assert_one_error_line(proc, "serve", "Mars/Olympus_Mons", alone=True)

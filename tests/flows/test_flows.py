@@ -155,7 +155,9 @@ def test_a_nightly_run_leaves_its_summary_drift_table_and_dashboard_link(world, 
     rows = json.loads(artifacts[DRIFT_METRICS_KEY].data)
     manifest = Store(store).manifest(result["step_version"])
     assert {row["metric"] for row in rows} == set(manifest["drift"]["metrics"])
-    assert next(r for r in rows if r["metric"] == "psi_item_popularity")["threshold"] == 0.25
+    psi = next(r for r in rows if r["metric"] == "psi_item_popularity")
+    assert psi["threshold"] == AccreteConfig.load(config_path).drift.psi_item_popularity
+    assert psi["value"] == manifest["drift"]["metrics"]["psi_item_popularity"]
 
     dashboard = store.resolve() / "dashboard.html"
     assert f"]({dashboard.as_uri()})" in artifacts[DASHBOARD_KEY].data and dashboard.stat().st_size > 0
