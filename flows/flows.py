@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from pipeline import contract
 from pipeline.config import AccreteConfig
+from pipeline.decision import fired_reasons
 from pipeline.errors import AccreteError
 from pipeline.incremental import StepResult, run_full_retrain, run_incremental_step, sync_drift_history
 from pipeline.store import Store
@@ -132,6 +133,12 @@ def _finite(value: Any) -> float | None:
 def _reasons(drift: dict[str, Any]) -> list[str]:
     text = drift.get("reasons") or ""
     return [reason for reason in text.split("; ") if reason] if isinstance(text, str) else list(text)
+
+
+def _retrain_reason(reasons: list[str]) -> str:
+    """A drift-triggered retrain's stated reason: what fired (triggers past patience, the age cap), without
+    the decision's notes on what did not."""
+    return "; ".join(fired_reasons(reasons) or reasons)
 
 
 def _headline(metrics: dict[str, Any]) -> dict[str, float | None]:
@@ -402,14 +409,14 @@ def _nightly_step(data: str, store: str, date: str | None, force: bool, config_p
     owed = None if force else pending_retrain(store)
     if owed:
         logger.warning("version asked for a retrain after %s that never ran; running it first", owed["date"])
-        retrains.append(full_retrain(data=data, store=store, as_of=owed["date"], reason="; ".join(owed["reasons"]),
-                                     config_path=config_path, dashboard=False))
+        retrains.append(full_retrain(data=data, store=store, as_of=owed["date"],
+                                     reason=_retrain_reason(owed["reasons"]), config_path=config_path, dashboard=False))
     step = incremental_step(data, store, date, force, config_path)
     previous = previous_metrics(store, step["version"]) if step["kind"] == "incremental" else {}
     if step["retrain_due"]:
         logger.info("drift decision after %s: retrain (%s)", step["date"], "; ".join(step["reasons"]))
-        retrains.append(full_retrain(data=data, store=store, as_of=step["date"], reason="; ".join(step["reasons"]),
-                                     config_path=config_path, dashboard=False))
+        retrains.append(full_retrain(data=data, store=store, as_of=step["date"],
+                                     reason=_retrain_reason(step["reasons"]), config_path=config_path, dashboard=False))
     version = retrains[-1]["version"] if retrains and retrains[-1]["version"] > step["version"] else step["version"]
     summary = {
         "date": step["date"], "kind": step["kind"], "version": version, "step_version": step["version"],
