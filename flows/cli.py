@@ -240,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Prefect's per-run INFO log would bury the one-line result (and error); a user's setting wins.
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     try:
         args.handler(args)
     except AccreteError as exc:

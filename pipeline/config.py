@@ -111,9 +111,11 @@ class DriftConfig:
     patience: int = 2
     cooldown_days: int = 7
     max_days_since_full_retrain: int = 90
-    # The drift reference after a full retrain: its training data from this many days before the as-of
-    # date; every incremental partition since then is added to it.
-    reference_days: int = 28
+    # The drift reference after a full retrain: its training data from the last `reference_days` days up
+    # to the as-of date (with 1, the as-of period alone); every incremental partition since is added.
+    # Short on purpose: after a shift-triggered retrain, a long reference still holds the old regime and
+    # keeps PSI past its threshold, which forced a second, useless retrain once the cooldown ended.
+    reference_days: int = 1
     # Below this many interactions a partition's PSI and rating divergence are NaN: their sampling noise
     # alone (about 9/n for PSI) would cross the thresholds.
     min_partition_interactions: int = 200
@@ -193,6 +195,7 @@ class AccreteConfig:
             (self.drift.patience >= 1, "[drift] patience must be >= 1"),
             (self.drift.psi_bins >= 2, "[drift] psi_bins must be >= 2"),
             (self.drift.psi_floor > 0, "[drift] psi_floor must be > 0"),
+            (self.drift.reference_days >= 1, "[drift] reference_days must be >= 1"),
             (self.drift.quality_smoothing_steps >= 1, "[drift] quality_smoothing_steps must be >= 1"),
             (self.drift.cooldown_days >= 0, "[drift] cooldown_days must be >= 0"),
             (self.drift.max_days_since_full_retrain >= 1, "[drift] max_days_since_full_retrain must be >= 1"),

@@ -269,6 +269,8 @@ def run_incremental_step(data_dir: str | Path, store_dir: str | Path, date: dt.d
         state = store.load()
         applied = state.partitions
         available = contract.list_partitions(data_dir)
+        if date is None and force:
+            date = max(applied)  # --force alone redoes the latest step
         if date is None:
             pending = [d for d in available if d > max(applied)]
             if not pending:
@@ -589,7 +591,7 @@ def _full_retrain(config: AccreteConfig, data_dir: Path, store: Store, as_of: dt
 
     clock = time.perf_counter()
     state.reservoir.add(training_data)
-    reference_start = np.datetime64(as_of - dt.timedelta(days=config.drift.reference_days), "s").astype(np.int64)
+    reference_start = np.datetime64(as_of - dt.timedelta(days=config.drift.reference_days - 1), "s").astype(np.int64)
     recent = training_data.filter(pc.greater_equal(training_data["timestamp"], int(reference_start)))
     r_users, r_items, r_ratings = _interaction_arrays(recent, user_vocab, item_vocab)
     state.reference = {"user_counts": np.bincount(r_users, minlength=n_users).astype(np.int64),
