@@ -261,3 +261,22 @@ def test_trainable_boundary_follows_the_warmup_policy(bootstrapped, dates):
     created = state.user_vocab.created
     assert (created[today:] >= np.datetime64(dates[2])).all()
     assert (created[1:today] < np.datetime64(dates[2])).all()
+
+
+def test_recommend_ranks_unseen_items_and_similar_finds_neighbours(store):
+    from pipeline.recommend import UnknownIdError, recommend, similar
+
+    state = Store(store).load()
+    history = Store(store).read_history(state.partitions)
+    user = history["user_id"][0].as_py()
+    seen = set(history.filter(pc.equal(history["user_id"], user))["item_id"].to_pylist())
+    answer = recommend(store, user, k=10)
+    assert len(answer) == 10 and not seen & {row["item_id"] for row in answer}
+    assert [row["rank"] for row in answer] == list(range(1, 11))
+    scores = [row["score"] for row in answer]
+    assert scores == sorted(scores, reverse=True)
+    item = answer[0]["item_id"]
+    neighbours = similar(store, item, k=5)
+    assert len(neighbours) == 5 and item not in {row["item_id"] for row in neighbours}
+    with pytest.raises(UnknownIdError, match="nobody"):
+        recommend(store, "nobody", k=5)
