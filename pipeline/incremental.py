@@ -602,6 +602,7 @@ def _full_retrain(config: AccreteConfig, data_dir: Path, store: Store, as_of: dt
 
     version = (current.version + 1) if current else 1
     all_consumed = sorted({*(d.isoformat() for d in consumed), *(d.isoformat() for d in dates)})
+    store.write_history_base([dt.date.fromisoformat(d) for d in all_consumed])
     manifest = {
         "version": version, "parent": current.version if current else None,
         "generation": (int(current.manifest["generation"]) + 1) if current else 1,

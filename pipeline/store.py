@@ -7,6 +7,7 @@ Layout of a store directory::
     STORE/versions/v000007/          one immutable version: manifest.json, vocabularies, tables, reservoir...
     STORE/versions/.tmp-v000008-123/ a version being written (removed or replaced by the next run if a crash left it)
     STORE/history/date=YYYY-MM-DD.parquet   the clean interactions of each consumed partition (seen items)
+    STORE/history/base-until=YYYY-MM-DD.parquet  the same, consolidated by each full retrain (a cache)
     STORE/drift/                     the append-only drift history (see pipeline.decision)
 
 Publishing writes a version under a temporary name, fsyncs it, renames it into place and only then
@@ -176,8 +177,34 @@ class Store:
         """The clean interactions of a consumed partition; rewritten identically if a crashed run left one."""
         _atomic_write_parquet(interactions.select(["user_id", "item_id", "timestamp"]), self.history_path(date))
 
+    def write_history_base(self, dates: list[dt.date]) -> None:
+        """One consolidated file of the given partitions' history (a full retrain writes it), so that
+        later steps read one file plus the few partitions since instead of thousands of small files."""
+        dates = sorted(dates)
+        table = self._read_history_files(dates)
+        table = table.replace_schema_metadata({b"accrete.dates": json.dumps([d.isoformat() for d in dates]).encode()})
+        _atomic_write_parquet(table, self.root / HISTORY / f"base-until={dates[-1].isoformat()}.parquet")
+
     def read_history(self, dates: list[dt.date]) -> pa.Table:
-        """The consumed interactions of the given partitions (user_id, item_id, timestamp)."""
+        """The consumed interactions of the given partitions (user_id, item_id, timestamp): the newest
+        consolidated base whose partitions are all among `dates`, plus the per-partition files after it."""
+        wanted = set(dates)
+        for base in sorted((self.root / HISTORY).glob("base-until=*.parquet"), reverse=True):
+            try:
+                metadata = pq.read_schema(base).metadata or {}
+                covered = {dt.date.fromisoformat(d) for d in json.loads(metadata[b"accrete.dates"])}
+            except (OSError, pa.ArrowInvalid, KeyError, ValueError):
+                continue  # a damaged base is only a cache: fall back to the per-partition files
+            if covered <= wanted:
+                try:
+                    base_table = pq.read_table(base).replace_schema_metadata(None)
+                except (OSError, pa.ArrowInvalid):
+                    continue
+                rest = self._read_history_files(sorted(wanted - covered))
+                return pa.concat_tables([base_table, rest.cast(base_table.schema)])
+        return self._read_history_files(sorted(wanted))
+
+    def _read_history_files(self, dates: list[dt.date]) -> pa.Table:
         tables = []
         for date in dates:
             path = self.history_path(date)

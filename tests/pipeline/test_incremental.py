@@ -280,3 +280,14 @@ def test_recommend_ranks_unseen_items_and_similar_finds_neighbours(store):
     assert len(neighbours) == 5 and item not in {row["item_id"] for row in neighbours}
     with pytest.raises(UnknownIdError, match="nobody"):
         recommend(store, "nobody", k=5)
+
+
+def test_history_read_through_the_retrain_base_equals_the_per_partition_files(store):
+    s = Store(store)
+    dates = s.load().partitions
+    assert list((store / "history").glob("base-until=*.parquet"))
+    through_base = s.read_history(dates).sort_by([("user_id", "ascending"), ("item_id", "ascending"), ("timestamp", "ascending")])
+    per_file = s._read_history_files(dates).sort_by([("user_id", "ascending"), ("item_id", "ascending"), ("timestamp", "ascending")])
+    assert through_base.equals(per_file)
+    # A set of partitions that lacks one the base covers never reads the base.
+    assert s.read_history(dates[1:]).num_rows == s._read_history_files(dates[1:]).num_rows
