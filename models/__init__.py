@@ -8,3 +8,27 @@ import os
 # imported anywhere. A value the user set is respected.
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def quiet_tensorflow():
+    """Import TensorFlow without its native start-up chatter and return the module.
+
+    TensorFlow's C++ side writes INFO lines (oneDNN, CUDA probes) straight to stderr before absl logging
+    is initialized, so no environment variable silences them; file descriptor 2 is pointed at /dev/null
+    for the import only (Python exceptions still propagate). Its Python logger is set to ERROR: Keras'
+    retracing warnings are expected when a nightly run builds one model per step.
+    """
+    import sys
+
+    if "tensorflow" in sys.modules:
+        return sys.modules["tensorflow"]
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import tensorflow
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+    tensorflow.get_logger().setLevel("ERROR")
+    return tensorflow

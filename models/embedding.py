@@ -13,8 +13,9 @@ import hashlib
 
 import numpy as np
 
-import models  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
-import tensorflow as tf
+import models  # sets TF_USE_LEGACY_KERAS before TensorFlow is imported
+
+tf = models.quiet_tensorflow()
 
 BIAS_POLICIES = ("frozen", "trainable")
 

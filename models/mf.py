@@ -21,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
-import models  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
-import tensorflow as tf
+import models  # sets TF_USE_LEGACY_KERAS before TensorFlow is imported
+
+tf = models.quiet_tensorflow()
 import tensorflow_recommenders as tfrs
 from models.embedding import FrozenTailBias, FrozenTailEmbedding, bias_trainable_from
 
