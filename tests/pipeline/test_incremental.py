@@ -107,6 +107,9 @@ def test_force_redoes_the_latest_step_from_its_parent(world, store, dates):
     assert result.manifest["parent"] == 2
     with pytest.raises(PartitionOrderError, match="latest"):
         run_incremental_step(world, store, dates[1], config=SMALL, force=True)
+    # --force without a date redoes the latest step.
+    again = run_incremental_step(world, store, config=SMALL, force=True)
+    assert again.kind == "incremental" and again.date == dates[2] and again.version == 5
 
 
 def test_a_partition_before_an_unapplied_earlier_one_is_rejected(world, store, dates):
