@@ -119,6 +119,9 @@ class DriftConfig:
     # Below this many interactions a partition's PSI and rating divergence are NaN: their sampling noise
     # alone (about 9/n for PSI) would cross the thresholds.
     min_partition_interactions: int = 200
+    # Below this many evaluated users a step's Recall@10 is left out of the quality ratio (NaN): on
+    # MovieLens weekly (about 5 users a week) it swings between 0 and 10 times its baseline.
+    min_evaluated_users: int = 50
     # Rating histogram bin edges for the Jensen-Shannon divergence (None: half stars over 0.25..5.25).
     rating_edges: tuple[float, ...] | None = None
     psi_bins: int = 10

@@ -412,7 +412,9 @@ def _incremental(config: AccreteConfig, store: Store, state: ModelState, partiti
     reference_items = _grow(ref["item_counts"], n_items)
     reference_ratings = ref.get("rating_hist")
     partition_ratings = ratings if partition.has_ratings else None
-    recall_history = [*drift_state.get("recall_history", []), float(metrics.get("recall@10", np.nan))]
+    measured = metrics.get("users", 0) >= config.drift.min_evaluated_users
+    recall_history = [*drift_state.get("recall_history", []),
+                      float(metrics.get("recall@10", np.nan)) if measured else float("nan")]
     retrain_info = drift_state.get("last_full_retrain", {})
     retrain_date = dt.date.fromisoformat(retrain_info["date"]) if retrain_info else min(applied)
     rows_at_retrain = drift_state.get("rows_at_retrain", {"user": n_old_users, "item": n_old_items})
