@@ -294,3 +294,17 @@ def test_history_read_through_the_retrain_base_equals_the_per_partition_files(st
     assert through_base.equals(per_file)
     # A set of partitions that lacks one the base covers never reads the base.
     assert s.read_history(dates[1:]).num_rows == s._read_history_files(dates[1:]).num_rows
+
+
+@pytest.mark.parametrize("model", [{"init": "fold_in", "bias_policy": "trainable"},
+                                   {"init": "metadata", "warmup_days": 1}])
+def test_other_policies_keep_frozen_rows_bit_identical(world, store, model):
+    before = Store(store).load()
+    result = run_incremental_step(world, store, config=SMALL.replace(model=model))
+    after = Store(store).load()
+    frozen = result.manifest["rows"]["item_trainable_from"]
+    assert sha256_of_array(after.item_vectors[:frozen]) == sha256_of_array(before.item_vectors[:frozen])
+    assert not np.array_equal(after.item_vectors[frozen:len(before.item_vectors)],
+                              before.item_vectors[frozen:]) or frozen == len(before.item_vectors)
+    if model.get("bias_policy") == "trainable":
+        assert not np.array_equal(after.item_bias[:frozen], before.item_bias[:frozen])  # old biases moved
