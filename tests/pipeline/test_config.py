@@ -10,7 +10,7 @@ from pipeline.errors import ConfigError
 def test_no_file_means_the_defaults():
     config = AccreteConfig.load(None)
     assert config == AccreteConfig()
-    assert config.model.init == "mean" and config.model.bias_policy == "frozen"
+    assert config.model.init == "fold_in" and config.model.bias_policy == "frozen"
 
 
 def test_a_file_overrides_only_what_it_names(tmp_path):

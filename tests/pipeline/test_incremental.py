@@ -296,7 +296,7 @@ def test_history_read_through_the_retrain_base_equals_the_per_partition_files(st
     assert s.read_history(dates[1:]).num_rows == s._read_history_files(dates[1:]).num_rows
 
 
-@pytest.mark.parametrize("model", [{"init": "fold_in", "bias_policy": "trainable"},
+@pytest.mark.parametrize("model", [{"init": "mean", "bias_policy": "trainable"},
                                    {"init": "metadata", "warmup_days": 1}])
 def test_other_policies_keep_frozen_rows_bit_identical(world, store, model):
     before = Store(store).load()
