@@ -240,8 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # Prefect's per-run INFO log would bury the one-line result (and error); a user's setting wins.
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    # Prefect's per-run log would bury the one-line result, and its task/flow ERROR lines would repeat a
+    # user's mistake before the one clear line below; a user's own settings win.
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     try:
         args.handler(args)
     except AccreteError as exc:
