@@ -15,6 +15,7 @@ an ANN index built from V0 needs only the delta.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -125,7 +126,7 @@ def read_export(path: str | Path) -> pa.Table:
 def _write(table: pa.Table, out: str | Path, meta: dict[str, Any]) -> None:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    metadata = {b"accrete": str(meta).encode()}
+    metadata = {b"accrete": json.dumps(meta).encode()}
     table = table.replace_schema_metadata(metadata)
     tmp = out.with_name(f".{out.name}.tmp")
     pq.write_table(table, tmp)

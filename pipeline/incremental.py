@@ -83,13 +83,18 @@ def _check_order(date: dt.date, applied: list[dt.date], available: list[dt.date]
 
 
 # ----- building blocks -------------------------------------------------------------------------------
-def _tokens_table(items: pa.Table, vocab: Vocabulary) -> pa.Table:
-    """(row, token) pairs of the items' attribute tokens, for metadata initialization."""
+def _empty_tokens() -> pa.Table:
+    return pa.table({"row": pa.array([], pa.int64()), "token": pa.array([], pa.string())})
+
+
+def _tokens_table(items: pa.Table, vocab: Vocabulary, first_new_row: int = 1) -> pa.Table:
+    """(row, token) pairs of the attribute tokens of items from `first_new_row` on, for metadata
+    initialization. An item keeps the attributes it arrived with."""
     if items.num_rows == 0 or items.num_columns <= 1:
-        return pa.table({"row": pa.array([], pa.int64()), "token": pa.array([], pa.string())})
+        return _empty_tokens()
     ids, (item_index, tokens) = contract.item_attribute_tokens(items)
     rows = vocab.lookup(ids.take(pa.array(item_index)))
-    keep = rows > 0
+    keep = rows >= max(first_new_row, 1)
     return pa.table({"row": pa.array(rows[keep]), "token": pc.filter(pa.array(tokens), pa.array(keep))})
 
 
@@ -170,10 +175,6 @@ def _ids(*columns: pa.ChunkedArray) -> pa.ChunkedArray:
     return pa.chunked_array([chunk.cast(pa.string()) for column in columns for chunk in column.chunks], pa.string())
 
 
-def _rows(vocab: Vocabulary, ids: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    return vocab.lookup(ids)
-
-
 def _seed_for(seed: int, date: dt.date, salt: int) -> int:
     return int(np.random.SeedSequence([seed, date.toordinal(), salt]).generate_state(1)[0])
 
@@ -235,8 +236,8 @@ def _train(config: AccreteConfig, state: ModelState, objective: str, *, user_tra
 
 
 def _interaction_arrays(interactions: pa.Table, user_vocab: Vocabulary, item_vocab: Vocabulary):
-    users = _rows(user_vocab, interactions["user_id"])
-    items = _rows(item_vocab, interactions["item_id"])
+    users = user_vocab.lookup(interactions["user_id"])
+    items = item_vocab.lookup(interactions["item_id"])
     ratings = interactions["rating"].to_numpy().astype(np.float32) if interactions.num_rows else np.zeros(0, np.float32)
     keep = (users > 0) & (items > 0)
     return users[keep], items[keep], ratings[keep]
@@ -311,10 +312,9 @@ def _incremental(config: AccreteConfig, store: Store, state: ModelState, partiti
     state.item_vocab.extend(_ids(partition.items["item_id"], partition.interactions["item_id"]), date)
     n_users, n_items = len(state.user_vocab), len(state.item_vocab)
     n_new_users, n_new_items = n_users - n_old_users, n_items - n_old_items
-    state.item_tokens = pa.concat_tables([state.item_tokens, _tokens_table(partition.items, state.item_vocab)])
-    # Only tokens of new items count; an existing item's attributes are those it arrived with.
-    tokens = state.item_tokens
-    incidence = _incidence(tokens, n_items)
+    state.item_tokens = pa.concat_tables([state.item_tokens,
+                                          _tokens_table(partition.items, state.item_vocab, n_old_items)])
+    incidence = _incidence(state.item_tokens, n_items)
     users, items, ratings = _interaction_arrays(partition.interactions, state.user_vocab, state.item_vocab)
     timings["vocabulary"] = time.perf_counter() - clock
 
@@ -331,7 +331,7 @@ def _incremental(config: AccreteConfig, store: Store, state: ModelState, partiti
     state.item_bias = _grow(state.item_bias, n_items, float(np.mean(state.item_bias[1:n_old_items])) if n_old_items > 1 else 0.0)
 
     history = store.read_history(applied)
-    seen = evaluation.seen_matrix(_rows(state.user_vocab, history["user_id"]), _rows(state.item_vocab, history["item_id"]),
+    seen = evaluation.seen_matrix(state.user_vocab.lookup(history["user_id"]), state.item_vocab.lookup(history["item_id"]),
                                   n_users, n_items)
     scorer = evaluation.dot_scorer(state.user_vectors, state.item_vectors,
                                    state.item_bias if model_config.use_bias else None)
@@ -540,7 +540,7 @@ def _full_retrain(config: AccreteConfig, data_dir: Path, store: Store, as_of: dt
 
     user_vocab = current.user_vocab if current else Vocabulary.empty("user")
     item_vocab = current.item_vocab if current else Vocabulary.empty("item")
-    item_tokens = current.item_tokens if current else _tokens_table(pa.table({"item_id": pa.array([], pa.string())}), item_vocab)
+    item_tokens = current.item_tokens if current else _empty_tokens()
     compacted = None
     if config.retrain.compact_inactive_days and current:
         user_vocab, item_vocab, item_tokens, compacted = _compact(
@@ -554,9 +554,10 @@ def _full_retrain(config: AccreteConfig, data_dir: Path, store: Store, as_of: dt
         partition = contract.read_partition(data_dir, date, freq)
         reports[date.isoformat()] = partition.report
         if date not in consumed:
+            first_new_item = len(item_vocab)
             user_vocab.extend(_ids(partition.users["user_id"], partition.interactions["user_id"]), date)
             item_vocab.extend(_ids(partition.items["item_id"], partition.interactions["item_id"]), date)
-            item_tokens = pa.concat_tables([item_tokens, _tokens_table(partition.items, item_vocab)])
+            item_tokens = pa.concat_tables([item_tokens, _tokens_table(partition.items, item_vocab, first_new_item)])
             store.write_history(date, partition.interactions)
             if partition.quarantine.num_rows:
                 quarantined.append(partition.quarantine)
