@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import os
 import sys
 import time
@@ -43,9 +44,24 @@ def _config(args: argparse.Namespace):
     return AccreteConfig.load(args.config)
 
 
+def _strict_json(value: Any) -> Any:
+    """The payload with NaN and infinities as null, so `--json` output is strict JSON for other tools."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _strict_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict_json(item) for item in value]
+    return value
+
+
+def _dumps(payload: Any) -> str:
+    return json.dumps(_strict_json(payload), indent=2, sort_keys=True, default=str, allow_nan=False)
+
+
 def _print(payload: Any, as_json: bool) -> None:
     if as_json:
-        print(json.dumps(payload, indent=2, sort_keys=True, default=str))
+        print(_dumps(payload))
     elif isinstance(payload, str):
         print(payload)
     else:
@@ -126,7 +142,7 @@ def cmd_status(args: argparse.Namespace) -> None:
     from pipeline.status import store_status, format_status
 
     status = store_status(args.store)
-    print(json.dumps(status, indent=2, sort_keys=True, default=str) if args.json else format_status(status))
+    print(_dumps(status) if args.json else format_status(status))
 
 
 def cmd_dashboard(args: argparse.Namespace) -> None:

@@ -157,3 +157,12 @@ def test_serve_without_a_server_or_with_a_bad_schedule_is_one_clear_line(run_cli
     proc = run_cli("serve", "--data", world, "--store", tmp_path / "store", "--timezone", "Mars/Olympus_Mons",
                    PREFECT_API_URL="http://127.0.0.1:9/api")
     _assert_one_error_line(proc, "serve", "Mars/Olympus_Mons", alone=True)
+
+
+def test_status_json_is_strict_json_with_null_for_unmeasured_metrics(run_cli, cli_store):
+    def refuse(constant):
+        raise ValueError(f"non-standard JSON constant {constant}")
+
+    result = run_cli("status", "--store", str(cli_store), "--json")
+    status = json.loads(result.stdout, parse_constant=refuse)
+    assert status["current"] == status["versions"][-1]["version"]
