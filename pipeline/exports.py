@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import StoreError
 from pipeline.store import ModelState, Store
+from pipeline.vocabulary import Vocabulary
 
 
 def _entity_table(entity: str, ids: pa.Array, rows: np.ndarray, vectors: np.ndarray, bias: np.ndarray,
@@ -43,10 +44,10 @@ def _entity_table(entity: str, ids: pa.Array, rows: np.ndarray, vectors: np.ndar
     return pa.table(columns)
 
 
-def _tables(state: ModelState, entity: str) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+def _tables(state: ModelState, entity: str) -> tuple[Vocabulary, np.ndarray, np.ndarray]:
     if entity == "user":
-        return state.user_vocab.ids, state.user_vectors, state.user_bias
-    return state.item_vocab.ids, state.item_vectors, state.item_bias
+        return state.user_vocab, state.user_vectors, state.user_bias
+    return state.item_vocab, state.item_vectors, state.item_bias
 
 
 def export_version(store_dir: str | Path, out: str | Path, *, version: int | None = None) -> dict[str, Any]:
@@ -55,8 +56,8 @@ def export_version(store_dir: str | Path, out: str | Path, *, version: int | Non
     state = store.load(version)
     parts = []
     for entity in ("user", "item"):
-        ids, vectors, bias = _tables(state, entity)
-        parts.append(_entity_table(entity, ids, np.arange(1, len(ids)), vectors, bias))
+        vocab, vectors, bias = _tables(state, entity)
+        parts.append(_entity_table(entity, vocab.ids, np.arange(1, len(vocab)), vectors, bias))
     table = pa.concat_tables(parts)
     _write(table, out, {"version": state.version})
     return {"version": state.version, "rows": table.num_rows, "out": str(out)}
@@ -71,10 +72,9 @@ def export_delta(store_dir: str | Path, out: str | Path, *, since: int, version:
     old = store.load(since)
     parts, summary = [], {"version": new.version, "since": since}
     for entity in ("user", "item"):
-        new_ids, new_vectors, new_bias = _tables(new, entity)
-        old_ids, old_vectors, old_bias = _tables(old, entity)
-        new_vocab = new.user_vocab if entity == "user" else new.item_vocab
-        old_vocab = old.user_vocab if entity == "user" else old.item_vocab
+        new_vocab, new_vectors, new_bias = _tables(new, entity)
+        old_vocab, old_vectors, old_bias = _tables(old, entity)
+        new_ids, old_ids = new_vocab.ids, old_vocab.ids
         old_row = new_vocab.mapping_from(old_vocab)  # for each new row, its row in the old version or -1
         rows = np.arange(1, len(new_ids))
         mapped = old_row[rows]

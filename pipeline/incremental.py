@@ -29,7 +29,7 @@ import scipy.sparse as sp
 
 from pipeline import contract, decision as decision_mod, drift as drift_mod, evaluation
 from pipeline.config import AccreteConfig
-from pipeline.errors import AccreteError, PartitionOrderError, StoreError
+from pipeline.errors import PartitionOrderError, StoreError
 from pipeline.faults import maybe_fail
 from pipeline.reservoir import ReplayReservoir
 from pipeline.store import ModelState, Store, sha256_of_array
@@ -58,15 +58,6 @@ def _noop(_: str) -> None:
 
 
 # ----- choosing the partition ------------------------------------------------------------------------
-def pending_partitions(data_dir: str | Path, store_dir: str | Path) -> list[dt.date]:
-    """Partitions in the data directory after the last one the current version consumed, in date order."""
-    store = Store(store_dir)
-    store.require_current()
-    applied = [dt.date.fromisoformat(d) for d in store.manifest()["partitions"]]
-    last = max(applied)
-    return [d for d in contract.list_partitions(data_dir) if d > last]
-
-
 def _check_order(date: dt.date, applied: list[dt.date], available: list[dt.date], data_dir: Path) -> None:
     if date not in available:
         raise PartitionOrderError(f"{data_dir}: no partition for {date} (interactions/, users/ or items/ date={date})")
@@ -248,10 +239,6 @@ def _rating_edges(config: AccreteConfig) -> np.ndarray | None:
     return None if edges is None else np.asarray(edges, np.float64)
 
 
-def _drift_state(manifest: dict[str, Any]) -> dict[str, Any]:
-    return manifest.get("drift_state", {})
-
-
 # ----- the incremental step ---------------------------------------------------------------------------
 def run_incremental_step(data_dir: str | Path, store_dir: str | Path, date: dt.date | None = None, *,
                          config: AccreteConfig | None = None, force: bool = False,
@@ -304,7 +291,7 @@ def _incremental(config: AccreteConfig, store: Store, state: ModelState, partiti
     seed = model_config.seed
     clock = time.perf_counter()
     parent_manifest = state.manifest
-    drift_state = _drift_state(parent_manifest)
+    drift_state = parent_manifest.get("drift_state", {})
 
     # Vocabularies: every new ID from users/, items/ and the interactions, in that order of sources.
     n_old_users, n_old_items = len(state.user_vocab), len(state.item_vocab)
