@@ -4,6 +4,7 @@ Layout of a store directory::
 
     STORE/CURRENT                    the published version's directory name, switched last and atomically
     STORE/LOCK                       held by the one run writing to the store (pid, host, start time)
+    STORE/.LOCK.guard                never removed: serialises removals of LOCK (a flock, see Store.lock)
     STORE/versions/v000007/          one immutable version: manifest.json, vocabularies, tables, reservoir...
     STORE/versions/.tmp-v000008-123/ a version being written (removed or replaced by the next run if a crash left it)
     STORE/history/date=YYYY-MM-DD.parquet   the clean interactions of each consumed partition (seen items)
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import fcntl
 import hashlib
 import json
 import os
@@ -220,38 +222,45 @@ class Store:
     # ----- writing -------------------------------------------------------------------------------
     @contextlib.contextmanager
     def lock(self, command: str) -> Iterator[None]:
-        """Exclusive write access. A second run fails fast; a lock whose process is gone is cleared."""
+        """Exclusive write access. A second run fails fast; a lock whose process is gone is cleared.
+
+        The lock file is created with O_EXCL, so at most one run can create it. Removing a lock (our
+        own on release, or a stale one) happens only under the store's breaker guard (see
+        `_breaker_guard`) and only after re-reading the lock there, so two runs that both find a
+        stale lock cannot both clear it, nor can one clear the fresh lock the other just took.
+        """
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.root / LOCK
         record = {"pid": os.getpid(), "host": socket.gethostname(), "start": _process_start(os.getpid()),
                   "since": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "command": command}
-        for attempt in range(3):
+        for _ in range(3):
             try:
                 fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
-                try:
-                    holder = _read_lock(path)
-                except FileNotFoundError:
-                    continue  # released between our two calls: try again
-                if attempt < 2 and _lock_is_stale(holder):
-                    _remove_stale_lock(path, holder)
-                    continue
+                with _breaker_guard(self.root):
+                    seen = _observe_lock(path)
+                    if seen is None:
+                        continue  # released in the meantime: try again
+                    if _lock_is_stale(seen):
+                        path.unlink()
+                        continue
+                holder = seen.holder
                 raise StoreError(
                     f"{self.root}: locked by another run (pid {holder.get('pid')} on {holder.get('host')}, "
                     f"since {holder.get('since')}: {holder.get('command')}); wait for it to finish"
                 ) from None
-            with os.fdopen(fd, "w") as handle:
-                json.dump(record, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
             break
         else:
             raise StoreError(f"{path}: could not take the store lock (it keeps changing hands); try again")
+        ours = _file_identity(os.fstat(fd))
         try:
+            _write_lock_record(fd, record)
             yield
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                if _read_lock(path).get("pid") == os.getpid():
+            with _breaker_guard(self.root), contextlib.suppress(FileNotFoundError):
+                # Inode numbers are reused, so the record must match too (empty: our write failed).
+                seen = _observe_lock(path)
+                if seen is not None and _file_identity(os.stat(path)) == ours and seen.holder in ({}, record):
                     path.unlink()
 
     def publish(self, state: ModelState, manifest: dict[str, Any], *, quarantine: pa.Table | None = None) -> int:
@@ -355,6 +364,66 @@ def _atomic_write_parquet(table: pa.Table, path: Path) -> None:
     _fsync_dir(path.parent)
 
 
+# ----- the run lock ---------------------------------------------------------------------------------
+LOCK_GUARD = f".{LOCK}.guard"
+# A lock file is empty between its creation and the write of its record; a run that died in between
+# leaves it empty forever. Such a lock is cleared only once it is older than this.
+UNREADABLE_LOCK_GRACE_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class _SeenLock:
+    """One lock file as read at one moment: its record ({} when empty or unreadable) and its age."""
+
+    holder: dict[str, Any]
+    age_seconds: float
+
+
+def _file_identity(stat: os.stat_result) -> tuple[int, int]:
+    return stat.st_dev, stat.st_ino
+
+
+@contextlib.contextmanager
+def _breaker_guard(root: Path) -> Iterator[None]:
+    """Serialise every removal of the lock file (release and stale-lock clearing) within a store.
+
+    Without it, two runs can both judge the same dead lock stale; the first removes it and takes the
+    lock, and the second then removes that fresh lock. The guard is a `flock` on a file that is never
+    removed, so the kernel drops it when its process dies and it can never go stale itself. It is held
+    for a few system calls only.
+    """
+    fd = os.open(root / LOCK_GUARD, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the flock
+
+
+def _write_lock_record(fd: int, record: dict[str, Any]) -> None:
+    with os.fdopen(fd, "w") as handle:
+        json.dump(record, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _observe_lock(path: Path) -> _SeenLock | None:
+    """The lock's record and age, or None when there is no lock file."""
+    try:
+        with open(path, "rb") as handle:
+            age = time.time() - os.fstat(handle.fileno()).st_mtime
+            text = handle.read()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return _SeenLock({}, 0.0)  # unreadable for now (e.g. permissions): treat as fresh
+    try:
+        holder = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        holder = {}
+    return _SeenLock(holder if isinstance(holder, dict) else {}, age)
+
+
 def _process_start(pid: int) -> str | None:
     """The kernel's start time of a process (guards against a reused pid), or None off Linux."""
     try:
@@ -364,41 +433,21 @@ def _process_start(pid: int) -> str | None:
         return None
 
 
-def _read_lock(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
-def _lock_is_stale(holder: dict[str, Any]) -> bool:
-    """A lock is stale when its process is gone (same host), or it is unreadable and older than a minute."""
-    if not holder:
-        return True
+def _lock_is_stale(seen: _SeenLock) -> bool:
+    """Whether a lock can be cleared: its process is gone (or its pid now belongs to another process,
+    by the recorded start time), or it holds no readable pid and is older than the grace period.
+    A live process on this host, or a readable lock from another host, is never stale."""
+    holder = seen.holder
+    pid = holder.get("pid")
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return seen.age_seconds > UNREADABLE_LOCK_GRACE_SECONDS
     if holder.get("host") != socket.gethostname():
         return False
-    pid = holder.get("pid")
-    if not isinstance(pid, int):
-        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return True
     except PermissionError:
-        return False
+        pass  # alive, owned by another user
     start = holder.get("start")
     return start is not None and _process_start(pid) not in (None, start)
-
-
-def _remove_stale_lock(path: Path, holder: dict[str, Any]) -> None:
-    # Rename first so that two runs clearing the same stale lock cannot both win.
-    grave = path.with_name(f".{LOCK}.stale.{os.getpid()}.{time.monotonic_ns()}")
-    with contextlib.suppress(FileNotFoundError):
-        os.rename(path, grave)
-        if _read_lock(grave) != holder:
-            # Another run replaced the stale lock with its own live one in the meantime: put it back.
-            os.rename(grave, path)
-            return
-        grave.unlink()
