@@ -9,6 +9,14 @@ from pipeline.store import Store
 _METRICS = ("recall@10", "ndcg@10", "recall@10/new_items", "recall@10/new_users", "coverage@10")
 
 
+def _reasons(reasons: str | list[str] | None) -> list[str]:
+    """A decision's reasons as a list. Manifests store them joined by '; ' (`RetrainDecision.to_record`);
+    older ones hold a list. Both shapes are on disk."""
+    if isinstance(reasons, str):
+        return [reason for reason in reasons.split("; ") if reason]
+    return [str(reason) for reason in reasons or []]
+
+
 def store_status(store_dir: str | Path) -> dict[str, Any]:
     """Current version and generation, and one summary per published version (oldest first)."""
     store = Store(store_dir)
@@ -22,7 +30,7 @@ def store_status(store_dir: str | Path) -> dict[str, Any]:
             "created_at": manifest.get("created_at"), "rows": manifest.get("rows"),
             "metrics": {k: manifest.get("metrics", {}).get(k) for k in _METRICS if k in manifest.get("metrics", {})},
             "retrain_due": manifest.get("drift", {}).get("retrain", False),
-            "reasons": manifest.get("drift", {}).get("reasons", []),
+            "reasons": _reasons(manifest.get("drift", {}).get("reasons")),
             "seconds": round(manifest.get("timings", {}).get("total", 0.0), 2),
         })
     head = versions[-1]
