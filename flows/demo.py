@@ -106,8 +106,6 @@ def _summary_text(status: dict[str, Any], reasons: dict[int, str], world: dict[s
         mean, count = _mean_recall(versions, first, last)
         recall[label] = mean
         lines.append(f"  {label:<58} {'-' if mean is None else f'{mean:.3f}'}  ({count} nights)")
-    if backfill["failed"]:
-        lines += ["", f"The backfill stopped on {backfill['failed']['date']}: {backfill['failed']['error']}"]
     store = paths["store"]
     lines += ["", f"Finished in {seconds:.0f} s. Next:",
               f"  accrete status --store {store}",
@@ -136,7 +134,7 @@ def run_demo(workdir: Path, days: int = 40, shift_day: int = 25, seed: int = 0, 
         The summary's facts: seconds, current version, retrains (version, as_of, reason), mean
         Recall@10 per period, the backfill report and the paths.
     """
-    from flows.flows import backfill, full_retrain
+    from flows.flows import backfill, full_retrain, start_prefect_api
     from pipeline.status import store_status
     from pipeline.store import Store
     from pipeline.synthetic import generate_world
@@ -148,10 +146,11 @@ def run_demo(workdir: Path, days: int = 40, shift_day: int = 25, seed: int = 0, 
     for key in ("data", "store"):
         if paths[key].exists() and any(paths[key].iterdir()):
             raise AccreteError(f"{paths[key]}: already holds a demo; remove {workdir} or choose another --workdir")
-    workdir.mkdir(parents=True, exist_ok=True)
     # The temporary Prefect server (used when no PREFECT_API_URL is set) otherwise races its telemetry
     # writes against the runs' writes on its SQLite file and prints "database is locked" tracebacks.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    start_prefect_api()  # before writing anything: a busy machine fails here, in one clear line
+    workdir.mkdir(parents=True, exist_ok=True)
     print(f"generating a synthetic world of {days + 1} days (shift on day {shift_day}) into {paths['data']}")
     world = generate_world(paths["data"], days=days, seed=seed, shift_day=shift_day, **DEMO_WORLD)
     paths["config"].write_text(DEMO_CONFIG_TOML)

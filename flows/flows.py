@@ -11,9 +11,14 @@ Each run leaves artifacts for review in the Prefect UI under stable keys: a mark
 drift metrics of the step as a table (``accrete-drift-metrics``) and a link to the rebuilt dashboard
 (``accrete-dashboard``, ``file://STORE/dashboard.html``).
 
-Called directly (as the CLI does), a flow re-raises the exception its code raised: a
+Every failure ends the flow run in state Failed (so Failed-state alerts fire), the backfill's
+included. Called directly (as the CLI does), a flow re-raises the exception its code raised: a
 `pipeline.errors.AccreteError` reaches the caller as itself. Prefect's engine logs such a user error
 as one line, without its traceback (see `_UserErrorTracebackFilter`).
+
+A direct call without PREFECT_API_URL runs on a temporary local Prefect API that Prefect starts on
+first use; `start_prefect_api` starts it beforehand with a generous time limit and one retry, so a
+busy machine ends in `PrefectAPIUnavailable` (one clear line on the CLI) rather than a traceback.
 """
 from __future__ import annotations
 
@@ -46,6 +51,64 @@ DASHBOARD_FILE = "dashboard.html"
 
 #: Quality metrics shown in summaries (the manifest holds more: every K and slice).
 HEADLINE_METRICS = ("recall@10", "ndcg@10", "recall@10/new_users", "recall@10/new_items", "coverage@10")
+
+#: Seconds to wait for the temporary Prefect API to answer, unless the user set
+#: PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS (Prefect's default, 20 s, is too short on a busy machine:
+#: the server process imports FastAPI and SQLAlchemy and opens its database, 5 to 15 s on 2 idle cores).
+EPHEMERAL_STARTUP_SECONDS = 120
+
+
+class PrefectAPIUnavailable(RuntimeError):
+    """No Prefect API to run flows on: the temporary local one did not start (twice), or it is disabled and
+    PREFECT_API_URL is not set. Not a bug and not a mistake in the user's data: the message says what to do."""
+
+
+def ephemeral_startup_seconds() -> int:
+    """How long `start_prefect_api` waits for the temporary API: the user's
+    PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS when set (environment, profile or prefect.toml),
+    `EPHEMERAL_STARTUP_SECONDS` otherwise."""
+    from prefect.settings import get_current_settings
+
+    ephemeral = get_current_settings().server.ephemeral
+    user_set = "startup_timeout_seconds" in ephemeral.model_fields_set
+    return ephemeral.startup_timeout_seconds if user_set else EPHEMERAL_STARTUP_SECONDS
+
+
+def start_prefect_api() -> str:
+    """Make sure flows called in this process have a Prefect API, and return its URL.
+
+    With PREFECT_API_URL set, that server is used as it is. Otherwise the temporary local API a direct
+    flow call would start on first use is started now, allowing `EPHEMERAL_STARTUP_SECONDS` (or the
+    user's PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS), and once more if that fails: under load the
+    first attempt can miss the limit. Prefect keeps one such server per process, so every later client
+    (flow runs, logs, events) finds it running.
+
+    Raises:
+        PrefectAPIUnavailable: naming the remedy (a real server and PREFECT_API_URL).
+    """
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    if settings.api.url:
+        return settings.api.url
+    remedy = "start one with `prefect server start` and set PREFECT_API_URL=http://127.0.0.1:4200/api"
+    if not settings.server.ephemeral.enabled:
+        raise PrefectAPIUnavailable(f"no Prefect API: PREFECT_API_URL is not set and the temporary server is "
+                                    f"disabled; {remedy}")
+    timeout = ephemeral_startup_seconds()
+    failure: Exception | None = None
+    for _attempt in range(2):
+        server = SubprocessASGIServer()
+        try:
+            server.start(timeout=timeout)
+            return server.api_url
+        except Exception as exc:  # a timeout, or the server process exiting: the same remedy applies
+            failure = exc
+            server.stop()  # Prefect leaves a server that missed the limit running; the retry starts afresh
+    raise PrefectAPIUnavailable(f"the temporary Prefect API did not start within {timeout} s, twice (the machine "
+                                f"may be busy); {remedy}, or allow more time with "
+                                f"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS") from failure
 
 
 class _UserErrorTracebackFilter(logging.Filter):
@@ -329,9 +392,8 @@ def report_nightly(summary: dict[str, Any]) -> None:
 
 
 @task(name="report-backfill", **_IO_RETRIES)
-def report_backfill(report: dict[str, Any], start: str, end: str) -> None:
-    """The backfill's markdown summary (`accrete-backfill-summary`)."""
-    failed = report["failed"]
+def report_backfill(report: dict[str, Any], start: str, end: str, failed: dict[str, str] | None = None) -> None:
+    """The backfill's markdown summary (`accrete-backfill-summary`); `failed`: the date and error it stopped at."""
     lines = [f"# Accrete backfill {start} to {end}", "",
              f"- applied: {len(report['applied'])} partition(s)" + (
                  f" ({report['applied'][0]} to {report['applied'][-1]})" if report["applied"] else ""),
@@ -464,10 +526,10 @@ def backfill(start: str, end: str, data: str | Path = "data", store: str | Path 
     """Apply every partition in [start, end], in date order, each with the nightly logic (so drift-triggered
     retrains happen as they would have on those nights), skipping the partitions already applied.
 
-    The first failure stops the backfill: its date and error are reported (the task run of that date
-    shows as Failed in the UI), and the partitions before it stay applied. Running the same
-    backfill again skips them and resumes at the failed date. The store must hold a first version
-    (`accrete retrain --as-of DATE`).
+    The first failure stops the backfill, and the partitions before it stay applied. The summary and
+    the dashboard are still written, then the failure is re-raised (with a note naming the date), so
+    the run ends Failed. Running the same backfill again skips the applied partitions and resumes at
+    the failed date. The store must hold a first version (`accrete retrain --as-of DATE`).
 
     Args:
         start, end: ISO dates, inclusive.
@@ -477,18 +539,23 @@ def backfill(start: str, end: str, data: str | Path = "data", store: str | Path 
 
     Returns:
         {"applied": [dates], "skipped": [dates], "retrained": [dates after which a full retrain ran],
-        "failed": None or {"date", "error"}, "version": the current version, "dashboard": path}.
+        "version": the current version, "dashboard": path}.
+
+    Raises:
+        The exception that stopped it, with a note (`__notes__`) naming the date and how to resume.
     """
     logger = get_run_logger()
     data, store, config_path = _paths(data, store, config_path)
     AccreteConfig.load(config_path)  # a bad setting is the user's mistake, not a failure of the first date
     dates = partitions_in_range(data, start, end)
     done = set(applied_partitions(store))
-    report: dict[str, Any] = {"applied": [], "skipped": [], "retrained": [], "failed": None}
+    report: dict[str, Any] = {"applied": [], "skipped": [], "retrained": []}
     todo = [d for d in dates if d not in done]
     report["skipped"] = [d for d in dates if d in done]
     logger.info("%d partition(s) in range, %d already applied, %d to apply", len(dates), len(report["skipped"]),
                 len(todo))
+    failure: Exception | None = None
+    failed: dict[str, str] | None = None
     with contextlib.ExitStack() as stack:
         if progress_bar:
             stack.enter_context(_logs_above_progress_bar())
@@ -497,8 +564,8 @@ def backfill(start: str, end: str, data: str | Path = "data", store: str | Path 
             try:
                 result = _nightly_step(data, store, date, False, config_path)
             except Exception as exc:  # any failure stops the range; the report says where and why
-                report["failed"] = {"date": date, "error": f"{type(exc).__name__}: {exc}"}
-                logger.error("backfill stopped at %s: %s; rerun to resume from there", date, report["failed"]["error"])
+                failure, failed = exc, {"date": date, "error": f"{type(exc).__name__}: {exc}"}
+                logger.error("backfill stopped at %s: %s; rerun to resume from there", date, failed["error"])
                 break
             (report["applied"] if result["kind"] == "incremental" else report["skipped"]).append(date)
             if result["retrained"]:
@@ -507,7 +574,10 @@ def backfill(start: str, end: str, data: str | Path = "data", store: str | Path 
             bar.set_postfix(version=result["version"])
     report["skipped"].sort()
     report["version"] = Store(store).require_current()
-    report_backfill(report, start, end)
+    report_backfill(report, start, end, failed)
     report["dashboard"] = publish_dashboard(store)
+    if failure is not None:
+        failure.add_note(f"backfill stopped at {failed['date']} after applying {len(report['applied'])} partition(s); "
+                         f"run the same backfill again to resume there")
+        raise failure
     return report
-

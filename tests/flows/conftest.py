@@ -6,6 +6,7 @@ user's ~/.prefect or a server named in their profile.
 """
 from __future__ import annotations
 
+import datetime
 import os
 import shutil
 import subprocess
@@ -22,6 +23,7 @@ os.environ.pop("PREFECT_PROFILE", None)
 os.environ["PREFECT_SERVER_ALLOW_EPHEMERAL_MODE"] = "true"
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"  # no telemetry calls from a sandbox
 os.environ.pop("ACCRETE_FAULT_INJECT", None)
+os.environ.pop("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", None)  # tests set it where they mean to
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -80,6 +82,20 @@ def world(tmp_path_factory) -> Path:
 def shift_world(tmp_path_factory) -> Path:
     """A synthetic world whose preferences change from day 5 on (a regime shift)."""
     return _generate(tmp_path_factory.mktemp("shift-world") / "data", days=14, seed=1, shift_day=5)
+
+
+@pytest.fixture
+def broken_world(world, tmp_path) -> tuple[Path, datetime.date]:
+    """A copy of `world` whose fourth partition holds an interactions file that is not Parquet (a user's
+    mistake: `DataContractError`), and that partition's date."""
+    from pipeline.contract import list_partitions
+
+    data = tmp_path / "broken-data"
+    shutil.copytree(world, data)
+    bad = list_partitions(data)[3]
+    for part in (data / "interactions" / f"date={bad.isoformat()}").iterdir():
+        part.write_bytes(b"not parquet")
+    return data, bad
 
 
 @pytest.fixture

@@ -5,13 +5,13 @@ import json
 
 import pytest
 
-from flows.flows import (BACKFILL_SUMMARY_KEY, DASHBOARD_KEY, DRIFT_METRICS_KEY, NIGHTLY_SUMMARY_KEY, backfill,
-                         full_retrain, nightly)
+from flows.flows import (BACKFILL_SUMMARY_KEY, DASHBOARD_KEY, DRIFT_METRICS_KEY, EPHEMERAL_STARTUP_SECONDS,
+                         NIGHTLY_SUMMARY_KEY, backfill, ephemeral_startup_seconds, full_retrain, nightly)
 from pipeline.config import AccreteConfig
 from pipeline.contract import list_partitions
 from pipeline.decision import fired_reasons
-from pipeline.errors import PartitionOrderError, StoreError
-from pipeline.faults import ENV_VAR
+from pipeline.errors import DataContractError, PartitionOrderError, StoreError
+from pipeline.faults import ENV_VAR, InjectedFault
 from pipeline.incremental import run_incremental_step
 from pipeline.store import Store
 
@@ -35,6 +35,14 @@ def _artifacts_of(flow_run_id) -> dict[str, object]:
             flow_run_filter=FlowRunFilter(), task_run_filter=TaskRunFilter(),
             limit=100, offset=0, sort=ArtifactSort.CREATED_DESC)
     return {artifact.key: artifact for artifact in artifacts}
+
+
+def _state_in_the_api(state):
+    """The final state of a flow run as the Prefect API holds it (what alerts and the UI see)."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(state.state_details.flow_run_id).state
 
 
 def _assert_lineage_applies_each_partition_once(store_dir, dates) -> None:
@@ -63,14 +71,14 @@ def test_a_backfill_run_twice_trains_nothing_the_second_time(world, make_store, 
     store = make_store(world)
     first = backfill(data=str(world), store=str(store), start=dates[0].isoformat(), end=dates[-1].isoformat(),
                      config_path=config_path)
-    assert first["failed"] is None
     assert first["applied"] == _iso(dates[1:]) and first["skipped"] == _iso(dates[:1])
     versions = Store(store).versions()
 
     state = backfill(data=str(world), store=str(store), start=dates[0].isoformat(), end=dates[-1].isoformat(),
                      config_path=config_path, return_state=True)
+    assert state.is_completed()
     second = state.result()
-    assert second["applied"] == [] and second["retrained"] == [] and second["failed"] is None
+    assert second["applied"] == [] and second["retrained"] == []
     assert second["skipped"] == _iso(dates)
     assert second["version"] == first["version"] == versions[-1]
     assert Store(store).versions() == versions
@@ -87,17 +95,57 @@ def test_a_failure_on_one_date_stops_the_backfill_and_a_rerun_applies_every_part
     start, end, broken = dates[0].isoformat(), dates[-1].isoformat(), dates[3]
 
     monkeypatch.setenv(ENV_VAR, f"nightly:{broken.isoformat()}")
-    failed = backfill(data=str(world), store=str(store), start=start, end=end, config_path=config_path)
-    assert failed["failed"]["date"] == broken.isoformat()
-    assert "injected fault at nightly:" + broken.isoformat() in failed["failed"]["error"]
-    assert failed["applied"] == _iso(dates[1:3])
+    state = backfill(data=str(world), store=str(store), start=start, end=end, config_path=config_path,
+                     return_state=True)
+    assert state.is_failed() and _state_in_the_api(state).is_failed()
+    with pytest.raises(InjectedFault, match="injected fault at nightly:" + broken.isoformat()) as failure:
+        state.result()
+    assert failure.value.__notes__ == [f"backfill stopped at {broken.isoformat()} after applying 2 partition(s); "
+                                       "run the same backfill again to resume there"]
     assert Store(store).manifest()["partition"] == dates[2].isoformat()  # nothing of the broken date published
+    summary = _artifacts_of(state.state_details.flow_run_id)[BACKFILL_SUMMARY_KEY].data
+    assert f"**FAILED on {broken.isoformat()}**: InjectedFault: injected fault" in summary
 
     monkeypatch.delenv(ENV_VAR)
     resumed = backfill(data=str(world), store=str(store), start=start, end=end, config_path=config_path)
-    assert resumed["failed"] is None
     assert resumed["applied"] == _iso(dates[3:]) and resumed["skipped"] == _iso(dates[:3])
     _assert_lineage_applies_each_partition_once(store, dates)
+
+
+def test_a_backfill_stopped_by_a_user_error_ends_failed_with_that_error(broken_world, make_store, config_path):
+    data, bad = broken_world
+    dates = list_partitions(data)
+    store = make_store(data)
+    state = backfill(data=str(data), store=str(store), start=dates[0].isoformat(), end=dates[-1].isoformat(),
+                     config_path=config_path, return_state=True)
+    assert state.is_failed() and _state_in_the_api(state).is_failed()
+    with pytest.raises(DataContractError, match=f"date={bad.isoformat()}.*unreadable Parquet file") as failure:
+        state.result()
+    assert f"backfill stopped at {bad.isoformat()}" in failure.value.__notes__[0]
+    assert Store(store).manifest()["partition"] == dates[2].isoformat()
+
+
+def test_a_failing_nightly_or_full_retrain_ends_failed(world, make_store, config_path):
+    store = make_store(world)
+    states = {
+        "nightly": nightly(data=str(world), store=str(store), date="2099-01-01", config_path=config_path,
+                           dashboard=False, return_state=True),
+        "full-retrain": full_retrain(data=str(world), store=str(store), as_of="1999-01-01", config_path=config_path,
+                                     dashboard=False, return_state=True),
+    }
+    for name, state in states.items():
+        assert state.is_failed() and _state_in_the_api(state).is_failed(), name
+        with pytest.raises(PartitionOrderError):
+            state.result()
+    assert Store(store).versions() == [1]
+
+
+def test_the_temporary_api_gets_a_generous_start_up_time_unless_the_user_set_one():
+    from prefect.settings import temporary_settings
+
+    assert ephemeral_startup_seconds() == EPHEMERAL_STARTUP_SECONDS >= 60  # Prefect's own default is 20 s
+    with temporary_settings(updates={"server.ephemeral.startup_timeout_seconds": 7}):
+        assert ephemeral_startup_seconds() == 7
 
 
 def test_a_regime_shift_makes_the_nightly_flow_run_a_full_retrain(shift_world, make_store, config_path):
