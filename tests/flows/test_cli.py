@@ -87,10 +87,71 @@ def test_a_badly_formatted_date_is_one_usage_error(run_cli):
     _assert_one_error_line(proc, "nightly", "not a date (YYYY-MM-DD): '2024-13-45'")
 
 
-def test_a_date_without_partition_is_one_clear_line(run_cli, world, store_copy, config_path):
-    proc = run_cli("nightly", "--data", world, "--store", store_copy, "--date", "2099-01-01", "--config", config_path)
-    _assert_one_error_line(proc, "nightly", "no partition for 2099-01-01", str(world))
-    assert Store(store_copy).require_current() == 2  # nothing published
+@pytest.mark.parametrize("command", ["retrain", "nightly", "backfill"])
+def test_a_missing_config_file_is_one_line_before_any_prefect_api_starts(command, run_cli, world, tmp_path):
+    """Checked before Prefect starts (about a second instead of twenty): the Prefect home stays without a
+    database, which the temporary API would have created."""
+    partitions = list_partitions(world)
+    first, last = partitions[0].isoformat(), partitions[-1].isoformat()
+    dates = {"retrain": ["--as-of", first], "nightly": [], "backfill": ["--start", first, "--end", last]}[command]
+    missing, home = tmp_path / "missing.toml", tmp_path / "prefect-home"
+    proc = run_cli(command, "--data", world, "--store", tmp_path / "store", "--config", missing, *dates,
+                   PREFECT_HOME=str(home))
+    _assert_one_error_line(proc, command, str(missing), "configuration file not found", alone=True)
+    assert not (home / "prefect.db").exists()
+
+
+def test_data_store_and_dates_are_checked_before_any_prefect_api_starts(run_cli, world, cli_store, config_path,
+                                                                        tmp_path):
+    home = tmp_path / "prefect-home"
+
+    def check(command: str, *args, fragments: tuple[str, ...]) -> None:
+        proc = run_cli(command, "--config", config_path, *args, PREFECT_HOME=str(home))
+        _assert_one_error_line(proc, command, *fragments, alone=True)
+
+    no_data, no_store = tmp_path / "no-data", tmp_path / "no-store"
+    check("nightly", "--data", no_data, "--store", cli_store, fragments=(str(no_data), "data directory not found"))
+    check("nightly", "--data", world, "--store", no_store, fragments=(str(no_store), "no such store"))
+    check("nightly", "--data", world, "--store", cli_store, "--date", "2099-01-01",
+          fragments=(str(world), "no partition for 2099-01-01"))
+    check("backfill", "--data", world, "--store", no_store, "--start", "2024-01-01", "--end", "2024-01-31",
+          fragments=(str(no_store), "no such store"))
+    check("backfill", "--data", world, "--store", cli_store, "--start", "2099-01-01", "--end", "2099-01-31",
+          fragments=(str(world), "no partition from 2099-01-01 to 2099-01-31"))
+    check("retrain", "--data", world, "--store", no_store, "--as-of", "1999-01-01",
+          fragments=(str(world), "no partition on or before 1999-01-01"))
+    assert not (home / "prefect.db").exists() and not no_store.exists()
+
+
+def test_a_prefect_api_that_does_not_start_in_time_is_one_line_naming_the_remedy(run_cli, world, config_path,
+                                                                                 tmp_path):
+    """The user's PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS is respected (1 s: too short for any
+    machine), the start is tried twice, and the server is stopped: one left running would hold this
+    subprocess's stderr open, and `run_cli` would not return before its timeout."""
+    first = list_partitions(world)[0].isoformat()
+    runs = {"retrain": ["--data", world, "--store", tmp_path / "store", "--as-of", first, "--config", config_path],
+            "demo": ["--workdir", tmp_path / "demo", "--days", "3", "--shift-day", "2"]}
+    for command, args in runs.items():
+        proc = run_cli(command, *args, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="1", timeout=120)
+        assert proc.returncode == 1, proc.stderr
+        assert proc.stdout == ""
+        [line] = proc.stderr.strip().splitlines()
+        assert line.startswith(f"accrete {command}: error: the temporary Prefect API did not start within 1 s, twice")
+        assert "`prefect server start`" in line and "PREFECT_API_URL=" in line
+    assert not (tmp_path / "store").exists() and not (tmp_path / "demo").exists()
+
+
+def test_a_failing_backfill_is_one_line_naming_the_date_and_exits_2(run_cli, broken_world, make_store, config_path):
+    data, bad = broken_world
+    dates = list_partitions(data)
+    store = make_store(data)
+    proc = run_cli("backfill", "--data", data, "--store", store, "--start", dates[0], "--end", dates[-1],
+                   "--config", config_path)
+    _assert_one_error_line(proc, "backfill", f"date={bad.isoformat()}", "unreadable Parquet file",
+                           f"backfill stopped at {bad.isoformat()} after applying 2 partition(s)",
+                           "run the same backfill again to resume there")
+    assert proc.stdout == ""
+    assert Store(store).manifest()["partition"] == dates[2].isoformat()
 
 
 def test_a_wrong_store_path_is_one_clear_line(run_cli, tmp_path):
