@@ -242,7 +242,8 @@ class Store:
                     if seen is None:
                         continue  # released in the meantime: try again
                     if _lock_is_stale(seen):
-                        path.unlink()
+                        with contextlib.suppress(FileNotFoundError):
+                            path.unlink()
                         continue
                 holder = seen.holder
                 raise StoreError(
