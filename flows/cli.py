@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"accrete {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except RuntimeError as exc:
-        flows_module = sys.modules.get("flows.flows")  # imported by the commands that run flows, and only by them
+        flows_module = sys.modules.get("flows.flows")  # loaded (with Prefect) only by the commands that need it
         if flows_module is None or not isinstance(exc, flows_module.PrefectAPIUnavailable):
             raise
         print(f"accrete {args.command}: error: {_one_line(exc)}", file=sys.stderr)

@@ -53,8 +53,8 @@ DASHBOARD_FILE = "dashboard.html"
 HEADLINE_METRICS = ("recall@10", "ndcg@10", "recall@10/new_users", "recall@10/new_items", "coverage@10")
 
 #: Seconds to wait for the temporary Prefect API to answer, unless the user set
-#: PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS (Prefect's default, 20 s, is too short on a busy machine:
-#: the server process imports FastAPI and SQLAlchemy and opens its database, 5 to 15 s on 2 idle cores).
+#: PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS. Prefect's default, 20 s, is too short on a busy machine:
+#: the server process imports FastAPI and SQLAlchemy and opens its database, about 6 s on 2 idle cores.
 EPHEMERAL_STARTUP_SECONDS = 120
 
 

@@ -141,6 +141,17 @@ def test_a_prefect_api_that_does_not_start_in_time_is_one_line_naming_the_remedy
     assert not (tmp_path / "store").exists() and not (tmp_path / "demo").exists()
 
 
+def test_no_prefect_api_configured_or_allowed_is_one_line_naming_the_remedy(run_cli, world, config_path, tmp_path):
+    first = list_partitions(world)[0].isoformat()
+    proc = run_cli("retrain", "--data", world, "--store", tmp_path / "store", "--as-of", first, "--config", config_path,
+                   PREFECT_SERVER_EPHEMERAL_ENABLED="false", PREFECT_SERVER_ALLOW_EPHEMERAL_MODE="false")
+    assert proc.returncode == 1, proc.stderr
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith("accrete retrain: error: no Prefect API: PREFECT_API_URL is not set")
+    assert "`prefect server start`" in line
+    assert not (tmp_path / "store").exists()
+
+
 def test_a_failing_backfill_is_one_line_naming_the_date_and_exits_2(run_cli, broken_world, make_store, config_path):
     data, bad = broken_world
     dates = list_partitions(data)
