@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse as sp
 
-from pipeline import contract, decision as decision_mod, drift as drift_mod, evaluation
+from pipeline import contract, decision as decision_mod, drift as drift_mod, evaluation, recency as recency_mod
 from pipeline.config import AccreteConfig
 from pipeline.errors import PartitionOrderError, StoreError
 from pipeline.faults import maybe_fail
@@ -188,6 +188,11 @@ def _fold_in_spec(opposite: np.ndarray, own_rows: np.ndarray, opposite_rows: np.
             "opposite_rows": opposite_rows[keep], "targets": targets[keep], "weights": None, "l2": l2}
 
 
+def uses_item_bias(objective: str, use_bias: bool) -> bool:
+    """Whether scores add the item bias: always under iALS (it holds the time-aware term), else `use_bias`."""
+    return objective == "ials" or use_bias
+
+
 def resolve_objective(configured: str, has_ratings: bool) -> str:
     """The objective to train: "auto" means rating on explicit ratings, retrieval on implicit feedback."""
     if configured != "auto":
@@ -237,6 +242,94 @@ def _interaction_arrays(interactions: pa.Table, user_vocab: Vocabulary, item_voc
 def _rating_edges(config: AccreteConfig) -> np.ndarray | None:
     edges = config.drift.rating_edges
     return None if edges is None else np.asarray(edges, np.float64)
+
+
+def _item_times(interactions: pa.Table, item_vocab: Vocabulary) -> tuple[np.ndarray, np.ndarray]:
+    """Item rows and Unix-second timestamps of the interactions with a known item."""
+    if interactions.num_rows == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    items = item_vocab.lookup(interactions["item_id"])
+    times = interactions["timestamp"].to_numpy().astype(np.int64)
+    keep = items > 0
+    return items[keep], times[keep]
+
+
+def _seconds(day: dt.date | np.ndarray) -> np.ndarray | float:
+    """Unix seconds at the start of a date (or of each `datetime64[D]`)."""
+    if isinstance(day, dt.date):
+        return float(np.datetime64(day, "s").astype(np.int64))
+    return np.asarray(day, "datetime64[D]").astype("datetime64[s]").astype(np.int64).astype(np.float64)
+
+
+def recency_settings(config: AccreteConfig, anchor: dt.date) -> dict[str, Any]:
+    """The time-aware term's settings, fixed for a generation by its full retrain (kept in its manifest)."""
+    model = config.model
+    return {"anchor": anchor.isoformat(), "half_life_days": float(model.recency_half_life_days),
+            "weight": float(model.recency_weight), "prior": float(model.recency_prior)}
+
+
+def _recency_arrivals(log_counts: np.ndarray, vocab: Vocabulary, first_row: int, settings: dict) -> np.ndarray:
+    anchor = _seconds(dt.date.fromisoformat(settings["anchor"]))
+    created = vocab.created[first_row:]
+    created_s = np.where(np.isnat(created), anchor, _seconds(created))  # row 0 (no date) is never scored
+    return recency_mod.add_arrivals(log_counts, first_row, created_s, prior=settings["prior"], anchor_s=anchor,
+                                    half_life_days=settings["half_life_days"])
+
+
+def _recency_add(log_counts: np.ndarray, items: np.ndarray, times: np.ndarray, settings: dict) -> np.ndarray:
+    return recency_mod.accumulate(log_counts, items, times, anchor_s=_seconds(dt.date.fromisoformat(settings["anchor"])),
+                                  half_life_days=settings["half_life_days"])
+
+
+def _ials_fold(config: AccreteConfig, state: ModelState, *, users: np.ndarray, items: np.ndarray,
+               history_users: np.ndarray, history_items: np.ndarray, n_old_users: int, n_old_items: int) -> dict[str, Any]:
+    """The nightly iALS step: closed-form solves of the new item rows and of the new (and, under
+    `refold_active`, the active existing) users, against tables that do not move. Existing item rows are
+    never written. Order, one ALS alternation: new items against the trained users, then users against
+    every item, then the new items again against the updated users."""
+    from models import ials
+
+    model = config.model
+    n_users, n_items = len(state.user_vectors), len(state.item_vectors)
+    n_new_items = n_items - n_old_items
+    solve = {"alpha": model.ials_alpha, "l2": model.ials_l2}
+    clock = time.perf_counter()
+
+    def fold_new_items(pair_users: np.ndarray, pair_items: np.ndarray) -> None:
+        keep = pair_items >= n_old_items
+        if n_new_items and keep.any():
+            observed = ials.interaction_matrix(pair_items[keep] - n_old_items, pair_users[keep], (n_new_items, n_users))
+            solved = ials.solve(state.user_vectors, observed, **solve)
+            has = np.diff(observed.indptr) > 0
+            state.item_vectors[n_old_items:][has] = solved[has]  # an item without interactions keeps its cold row
+
+    trained_users = users < n_old_users
+    fold_new_items(users[trained_users], items[trained_users])
+    if model.user_policy == "refold_active":
+        solved_users = np.unique(users)
+    else:
+        solved_users = np.unique(users[users >= n_old_users])
+    solved_users = solved_users[solved_users > 0]
+    previous = state.user_vectors[solved_users].copy()
+    if len(solved_users):
+        all_users = np.concatenate([history_users, users])
+        all_items = np.concatenate([history_items, items])
+        local = np.full(n_users, -1, np.int64)
+        local[solved_users] = np.arange(len(solved_users))
+        mine = (local[all_users] >= 0) & (all_items > 0)
+        observed = ials.interaction_matrix(local[all_users[mine]], all_items[mine], (len(solved_users), n_items))
+        state.user_vectors[solved_users] = ials.solve(state.item_vectors, observed, **solve)
+    fold_new_items(users, items)
+    existing = solved_users < n_old_users
+    shift = float("nan")
+    if existing.any():
+        before, after = previous[existing].astype(np.float64), state.user_vectors[solved_users[existing]].astype(np.float64)
+        norms = np.linalg.norm(before, axis=1) * np.linalg.norm(after, axis=1)
+        cosine = np.einsum("ij,ij->i", before, after)[norms > 0] / norms[norms > 0]
+        shift = float(np.mean(1.0 - cosine)) if len(cosine) else float("nan")
+    return {"users_refolded": int(existing.sum()), "users_folded_in": int((~existing).sum()),
+            "items_folded_in": int(len(np.unique(items[items >= n_old_items]))),
+            "user_cosine_shift": shift, "seconds": time.perf_counter() - clock}
 
 
 # ----- the incremental step ---------------------------------------------------------------------------
@@ -317,11 +410,18 @@ def _incremental(config: AccreteConfig, store: Store, state: ModelState, partiti
     state.user_bias = _grow(state.user_bias, n_users, float(np.mean(state.user_bias[1:n_old_users])) if n_old_users > 1 else 0.0)
     state.item_bias = _grow(state.item_bias, n_items, float(np.mean(state.item_bias[1:n_old_items])) if n_old_items > 1 else 0.0)
 
+    objective = parent_manifest["objective"]  # fixed for a generation by its full retrain
+    recency = parent_manifest.get("recency") if objective == "ials" else None
+    if recency:
+        log_counts = _recency_arrivals(state.reference["item_log_recency"], state.item_vocab, n_old_items, recency)
+        state.item_bias = recency_mod.score_term(log_counts, recency["weight"])
+
     history = store.read_history(applied)
-    seen = evaluation.seen_matrix(state.user_vocab.lookup(history["user_id"]), state.item_vocab.lookup(history["item_id"]),
-                                  n_users, n_items)
+    history_users = state.user_vocab.lookup(history["user_id"])
+    history_items = state.item_vocab.lookup(history["item_id"])
+    seen = evaluation.seen_matrix(history_users, history_items, n_users, n_items)
     scorer = evaluation.dot_scorer(state.user_vectors, state.item_vectors,
-                                   state.item_bias if model_config.use_bias else None)
+                                   state.item_bias if uses_item_bias(objective, model_config.use_bias) else None)
     progress(f"evaluating on {len(users):,} interactions before training")
     metrics = evaluation.evaluate_prequential(
         scorer, test_users=users, test_items=items, n_items=n_items, seen=seen,
@@ -349,10 +449,11 @@ def _incremental(config: AccreteConfig, store: Store, state: ModelState, partiti
         r_users = r_items = np.zeros(0, np.int64)
         r_ratings = np.zeros(0, np.float32)
     global_bias = float(parent_manifest.get("global_bias", 0.0))
-    objective = parent_manifest["objective"]  # fixed for a generation by its full retrain
 
     # Warm initialization of the new rows, now that the partition's interactions may be used.
-    if model_config.init == "fold_in":
+    if objective == "ials":
+        pass  # the iALS step below solves the new rows in closed form
+    elif model_config.init == "fold_in":
         if objective == "retrieval":
             level = _positive_level(r_users, r_items, state.user_vectors, state.item_vectors)
             item_targets = user_targets = np.full(len(users), level, np.float32)
@@ -374,19 +475,32 @@ def _incremental(config: AccreteConfig, store: Store, state: ModelState, partiti
     clock = time.perf_counter()
     user_from = trainable_boundary(state.user_vocab, date, applied, model_config.warmup_days)
     item_from = trainable_boundary(state.item_vocab, date, applied, model_config.warmup_days)
-    frozen_before = {"user": sha256_of_array(state.user_vectors[:user_from]),
-                     "item": sha256_of_array(state.item_vectors[:item_from])}
+    # Under iALS with refold_active, active existing users move by design (measured: user_cosine_shift).
+    users_move = objective == "ials" and model_config.user_policy == "refold_active"
+    frozen_before = {"item": sha256_of_array(state.item_vectors[:item_from])}
+    if not users_move:
+        frozen_before["user"] = sha256_of_array(state.user_vectors[:user_from])
     train_users = np.concatenate([users, r_users])
     train_items = np.concatenate([items, r_items])
     train_ratings = np.concatenate([ratings, r_ratings])
-    progress(f"training on {len(users):,} new + {len(r_users):,} replayed interactions")
-    training = {"examples_new": int(len(users)), "examples_replayed": int(len(r_users))}
-    if config.train.epochs > 0 and len(train_users):
+    training: dict[str, Any] = {"examples_new": int(len(users)), "examples_replayed": int(len(r_users))}
+    if objective == "ials":
+        progress(f"iALS: solving new rows and active users from {len(users):,} interactions")
+        training = {"examples_new": int(len(users)), "examples_replayed": 0}
+        training.update(_ials_fold(config, state, users=users, items=items, history_users=history_users,
+                                   history_items=history_items, n_old_users=n_old_users, n_old_items=n_old_items))
+        if recency:
+            item_rows, item_times = _item_times(partition.interactions, state.item_vocab)
+            log_counts = _recency_add(log_counts, item_rows, item_times, recency)
+            state.item_bias = recency_mod.score_term(log_counts, recency["weight"])
+    elif config.train.epochs > 0 and len(train_users):
+        progress(f"training on {len(users):,} new + {len(r_users):,} replayed interactions")
         training.update(_train(config, state, objective, user_trainable_from=user_from, item_trainable_from=item_from,
                                users=train_users, items=train_items, ratings=train_ratings,
                                epochs=config.train.epochs, seed=_seed_for(seed, date, 4), global_bias=global_bias))
-    frozen_after = {"user": sha256_of_array(state.user_vectors[:user_from]),
-                    "item": sha256_of_array(state.item_vectors[:item_from])}
+    frozen_after = {"item": sha256_of_array(state.item_vectors[:item_from])}
+    if not users_move:
+        frozen_after["user"] = sha256_of_array(state.user_vectors[:user_from])
     if model_config.frozen_lr_multiplier == 0.0 and frozen_after != frozen_before:
         raise RuntimeError("frozen rows changed during training: this is a bug in the frozen-tail embedding")
     timings["train"] = time.perf_counter() - clock
@@ -427,6 +541,8 @@ def _incremental(config: AccreteConfig, store: Store, state: ModelState, partiti
     reference_users += np.bincount(users, minlength=n_users).astype(reference_users.dtype)
     reference_items += np.bincount(items, minlength=n_items).astype(reference_items.dtype)
     state.reference = {"user_counts": reference_users, "item_counts": reference_items}
+    if recency:
+        state.reference["item_log_recency"] = log_counts
     if partition.has_ratings:
         hist = drift_mod.rating_histogram(ratings, _rating_edges(config))[0]
         state.reference["rating_hist"] = hist if reference_ratings is None else reference_ratings + hist
@@ -440,7 +556,7 @@ def _incremental(config: AccreteConfig, store: Store, state: ModelState, partiti
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "partition": date.isoformat(),
         "partitions": sorted({*parent_manifest["partitions"], date.isoformat()}),
-        "global_bias": global_bias, "objective": objective,
+        "global_bias": global_bias, "objective": objective, "recency": recency,
         "rows": {"user": n_users, "item": n_items, "user_new": n_new_users, "item_new": n_new_items,
                  "user_trainable_from": user_from, "item_trainable_from": item_from},
         "frozen_checksum": frozen_after,
@@ -572,10 +688,25 @@ def _full_retrain(config: AccreteConfig, data_dir: Path, store: Store, as_of: dt
         reference={}, manifest=current.manifest if current else {"version": 0})
     state.user_vectors[0] = 0.0
     state.item_vectors[0] = 0.0
-    progress(f"full retrain on {len(users):,} interactions, {n_users - 1:,} users, {n_items - 1:,} items")
-    training = _train(config, state, objective, user_trainable_from=0, item_trainable_from=0, users=users, items=items,
-                      ratings=ratings, epochs=config.train.retrain_epochs, seed=_seed_for(config.model.seed, as_of, 4),
-                      global_bias=global_bias)
+    progress(f"full retrain ({objective}) on {len(users):,} interactions, {n_users - 1:,} users, {n_items - 1:,} items")
+    recency = None
+    if objective == "ials":
+        from models import ials
+
+        started = time.perf_counter()
+        state.user_vectors, state.item_vectors = ials.fit(
+            ials.interaction_matrix(users, items, (n_users, n_items)), dim=dim, alpha=config.model.ials_alpha,
+            l2=config.model.ials_l2, iterations=config.model.ials_iterations,
+            seed=_seed_for(config.model.seed, as_of, 4) % (2**31))
+        recency = recency_settings(config, as_of)
+        item_rows, item_times = _item_times(training_data, item_vocab)
+        log_counts = _recency_add(_recency_arrivals(np.zeros(0), item_vocab, 0, recency), item_rows, item_times, recency)
+        state.item_bias = recency_mod.score_term(log_counts, recency["weight"])
+        training = {"seconds": time.perf_counter() - started, "iterations": config.model.ials_iterations}
+    else:
+        training = _train(config, state, objective, user_trainable_from=0, item_trainable_from=0, users=users,
+                          items=items, ratings=ratings, epochs=config.train.retrain_epochs,
+                          seed=_seed_for(config.model.seed, as_of, 4), global_bias=global_bias)
     training["examples"] = int(len(users))
     timings["train"] = time.perf_counter() - clock
 
@@ -586,6 +717,8 @@ def _full_retrain(config: AccreteConfig, data_dir: Path, store: Store, as_of: dt
     r_users, r_items, r_ratings = _interaction_arrays(recent, user_vocab, item_vocab)
     state.reference = {"user_counts": np.bincount(r_users, minlength=n_users).astype(np.int64),
                        "item_counts": np.bincount(r_items, minlength=n_items).astype(np.int64)}
+    if recency:
+        state.reference["item_log_recency"] = log_counts
     if has_ratings:
         state.reference["rating_hist"] = drift_mod.rating_histogram(r_ratings, _rating_edges(config))[0]
     timings["reservoir"] = time.perf_counter() - clock
@@ -601,7 +734,7 @@ def _full_retrain(config: AccreteConfig, data_dir: Path, store: Store, as_of: dt
         "as_of": as_of.isoformat(), "window_days": window_days,
         "partition": as_of.isoformat() if as_of in dates else max(dates).isoformat(),
         "partitions": all_consumed, "trained_on": [d.isoformat() for d in train_dates],
-        "global_bias": global_bias, "objective": objective,
+        "global_bias": global_bias, "objective": objective, "recency": recency,
         "rows": {"user": n_users, "item": n_items, "user_new": n_users - (len(current.user_vocab) if current else 0),
                  "item_new": n_items - (len(current.item_vocab) if current else 0),
                  "user_trainable_from": 0, "item_trainable_from": 0},

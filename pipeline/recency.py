@@ -1,0 +1,60 @@
+"""The time-aware score term: a per-item scalar from exponentially time-decayed interaction counts.
+
+The decayed count of item i at time t is `c_i(t) = prior * 2^-(t - created_i)/h + sum_k 2^-(t - t_k)/h` over
+its interactions k (half-life h days; `prior` is one pseudo-interaction on the day the item arrived, so a
+new item is rankable before anyone touched it). Its log is the item's score term, times a weight:
+`s(u, i) = u . v_i + weight * log c_i(t)`.
+
+Everything decays at the same rate, so `log c_i(t) = L_i - (t - anchor) ln2 / h` with the *anchored* log
+count `L_i = log(prior * 2^(created_i - anchor)/h + sum_k 2^(t_k - anchor)/h)`. The second term is the same
+for every item and moves no ranking, so the stored term is `weight * L_i`: it changes only for items that
+got interactions (or arrived), which keeps delta exports small. The anchor is fixed per generation (its
+full retrain), so the exponents stay small.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+LN2 = float(np.log(2.0))
+SECONDS_PER_DAY = 86_400.0
+
+
+def log_weights(timestamps_s: np.ndarray, anchor_s: float, half_life_days: float) -> np.ndarray:
+    """log of each interaction's anchored weight `2^((t - anchor) / h)`, in float64."""
+    if not half_life_days > 0:
+        raise ValueError(f"recency half-life must be > 0 days, got {half_life_days}")
+    days = (np.asarray(timestamps_s, np.float64) - anchor_s) / SECONDS_PER_DAY
+    return days * (LN2 / half_life_days)
+
+
+def accumulate(log_counts: np.ndarray, items: np.ndarray, timestamps_s: np.ndarray, *, anchor_s: float,
+               half_life_days: float) -> np.ndarray:
+    """A copy of the anchored log counts (float64, one per item row; -inf = nothing yet) with the given
+    interactions (item rows, Unix seconds) added."""
+    out = np.array(log_counts, dtype=np.float64, copy=True)
+    if len(items):
+        np.logaddexp.at(out, np.asarray(items, np.int64), log_weights(timestamps_s, anchor_s, half_life_days))
+    return out
+
+
+def add_arrivals(log_counts: np.ndarray, first_row: int, created_s: np.ndarray, *, prior: float, anchor_s: float,
+                 half_life_days: float) -> np.ndarray:
+    """Grow the log counts to cover rows `first_row ..` (`created_s`: their arrival times) with the prior
+    pseudo-interaction; a prior of 0 leaves a new row at -inf until it has interactions."""
+    n_new = len(created_s)
+    grown = np.concatenate([np.asarray(log_counts, np.float64)[:first_row], np.full(n_new, -np.inf)])
+    if prior > 0 and n_new:
+        grown[first_row:] = np.log(prior) + log_weights(created_s, anchor_s, half_life_days)
+    return grown
+
+
+def score_term(log_counts: np.ndarray, weight: float) -> np.ndarray:
+    """The float32 per-item score term `weight * L_i`; items that never had any weight get the lowest
+    finite term (they rank below every item with a count) and row 0 gets 0."""
+    log_counts = np.asarray(log_counts, np.float64)
+    finite = np.isfinite(log_counts)
+    floor = (log_counts[finite].min() - 1.0) if finite.any() else 0.0
+    term = weight * np.where(finite, log_counts, floor)
+    if len(term):
+        term[0] = 0.0
+    return term.astype(np.float32)
