@@ -34,9 +34,9 @@ def fit(matrix: sp.csr_matrix, *, dim: int, alpha: float, l2: float, iterations:
     from threadpoolctl import threadpool_limits
 
     _check(alpha, l2)
-    model = AlternatingLeastSquares(factors=dim, regularization=l2, alpha=alpha, iterations=iterations,
-                                    random_state=seed, num_threads=threads, calculate_training_loss=False)
     with threadpool_limits(1, "blas"):  # implicit parallelizes over rows; a threaded BLAS inside slows it
+        model = AlternatingLeastSquares(factors=dim, regularization=l2, alpha=alpha, iterations=iterations,
+                                        random_state=seed, num_threads=threads, calculate_training_loss=False)
         model.fit(sp.csr_matrix(matrix, dtype=np.float32), show_progress=False)
     users = np.asarray(model.user_factors, np.float32)
     items = np.asarray(model.item_factors, np.float32)

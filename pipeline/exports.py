@@ -6,8 +6,14 @@ Schema (one row per vocabulary row, the out-of-vocabulary row 0 excluded)::
     id      string
     row     int64               the embedding row
     vector  fixed_size_list<float32>[dim]
-    bias    float32
+    bias    float32             item: the score's per-item term (under iALS the time-aware term)
     change  string              delta exports only: "added" | "changed" | "removed"
+    vector_changed  bool        delta exports only: false when only the bias changed (an ANN index
+                                keeps the row; only the scalar is updated)
+
+A user's score for an item is `user.vector . item.vector + item.bias`, plus `user.bias + global_bias` under
+the rating objective (a predicted rating; it does not change the ranking). The file's metadata (key
+`accrete`, JSON) holds `version`, `objective`, `global_bias` and `score`, the formula.
 
 A delta since V0 holds the rows added or changed since V0, and the IDs V0 had that were dropped by a
 vocabulary compaction. Every row not in the delta is checked to be byte-identical in both versions, so
@@ -29,7 +35,7 @@ from pipeline.vocabulary import Vocabulary
 
 
 def _entity_table(entity: str, ids: pa.Array, rows: np.ndarray, vectors: np.ndarray, bias: np.ndarray,
-                  change: str | None = None) -> pa.Table:
+                  change: str | None = None, vector_changed: np.ndarray | None = None) -> pa.Table:
     dim = vectors.shape[1]
     flat = pa.array(np.ascontiguousarray(vectors[rows], dtype=np.float32).reshape(-1))
     columns = {
@@ -41,6 +47,8 @@ def _entity_table(entity: str, ids: pa.Array, rows: np.ndarray, vectors: np.ndar
     }
     if change is not None:
         columns["change"] = pa.array(np.full(len(rows), change, dtype=object), pa.string())
+        columns["vector_changed"] = pa.array(np.full(len(rows), change == "added") if vector_changed is None
+                                             else vector_changed, pa.bool_())
     return pa.table(columns)
 
 
@@ -59,7 +67,7 @@ def export_version(store_dir: str | Path, out: str | Path, *, version: int | Non
         vocab, vectors, bias = _tables(state, entity)
         parts.append(_entity_table(entity, vocab.ids, np.arange(1, len(vocab)), vectors, bias))
     table = pa.concat_tables(parts)
-    _write(table, out, {"version": state.version})
+    _write(table, out, _meta(state, {"version": state.version}))
     return {"version": state.version, "rows": table.num_rows, "out": str(out)}
 
 
@@ -88,6 +96,10 @@ def export_delta(store_dir: str | Path, out: str | Path, *, since: int, version:
             same = (new_vectors[both].view(np.uint32) == old_vectors[both_old].view(np.uint32)).all(axis=1)
             same &= new_bias[both].view(np.uint32) == old_bias[both_old].view(np.uint32)
         changed, unchanged = both[~same], both[same]
+        if new_vectors.shape[1] != old_vectors.shape[1]:
+            vector_changed = np.ones(len(changed), bool)
+        else:
+            vector_changed = (new_vectors[changed].view(np.uint32) != old_vectors[old_row[changed]].view(np.uint32)).any(axis=1)
         fine_tuned = any(m["config"]["model"]["frozen_lr_multiplier"] > 0 for m in (new.manifest, old.manifest))
         if new.manifest["generation"] == old.manifest["generation"] and not fine_tuned:
             # Within a generation, rows frozen in the old version must be byte-identical in the new one.
@@ -103,13 +115,14 @@ def export_delta(store_dir: str | Path, out: str | Path, *, since: int, version:
         removed = removed[removed > 0]
         parts += [
             _entity_table(entity, new_ids, added, new_vectors, new_bias, "added"),
-            _entity_table(entity, new_ids, changed, new_vectors, new_bias, "changed"),
+            _entity_table(entity, new_ids, changed, new_vectors, new_bias, "changed", vector_changed),
             _entity_table(entity, old_ids, removed, old_vectors, old_bias, "removed"),
         ]
-        summary[entity] = {"added": int(len(added)), "changed": int(len(changed)), "removed": int(len(removed)),
+        summary[entity] = {"added": int(len(added)), "changed": int(len(changed)),
+                           "bias_only": int((~vector_changed).sum()), "removed": int(len(removed)),
                            "unchanged_verified": int(len(unchanged))}
     table = pa.concat_tables(parts)
-    _write(table, out, {"version": new.version, "delta_since": since})
+    _write(table, out, _meta(new, {"version": new.version, "delta_since": since}))
     summary.update(rows=table.num_rows, out=str(out),
                    generation_changed=new.manifest["generation"] != old.manifest["generation"])
     return summary
@@ -121,6 +134,15 @@ def read_export(path: str | Path) -> pa.Table:
         return pq.read_table(path)
     except (OSError, pa.ArrowInvalid) as exc:
         raise StoreError(f"{path}: not a readable export: {exc}") from None
+
+
+def _meta(state: ModelState, meta: dict[str, Any]) -> dict[str, Any]:
+    objective = state.manifest.get("objective")
+    score = "user.vector . item.vector + item.bias"
+    if objective == "rating":
+        score += " + user.bias + global_bias"
+    return {**meta, "objective": objective, "global_bias": float(state.manifest.get("global_bias", 0.0)),
+            "score": score, "recency": state.manifest.get("recency")}
 
 
 def _write(table: pa.Table, out: str | Path, meta: dict[str, Any]) -> None:

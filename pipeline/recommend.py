@@ -1,7 +1,9 @@
 """Answers from a published version: top-K items for a user, and the nearest items to an item.
 
-Both load the version's tables and hand them to `models.mf.MatrixFactorization`, which ranks with TFRS's
-brute-force top-k layer; a user's already-seen items (from the store's consumed history) are excluded.
+Scores are the evaluation's (`evaluation.dot_scorer`): `u . v_i + b_i`, where under iALS `b_i` is the
+time-aware term and under the rating objective `b_u + mu` is added to report a predicted rating. Plain
+NumPy over the stored tables: no TensorFlow, no Prefect, so a lookup costs a table load and one matrix
+product. A user's already-seen items (from the store's consumed history) are excluded.
 """
 from __future__ import annotations
 
@@ -10,7 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from pipeline import evaluation
 from pipeline.errors import AccreteError
+from pipeline.incremental import uses_item_bias
 from pipeline.store import ModelState, Store
 
 
@@ -18,16 +22,22 @@ class UnknownIdError(AccreteError):
     """The user or item ID is not in the version's vocabulary."""
 
 
-def _model(state: ModelState):
-    from models.mf import MatrixFactorization
+def scorer(state: ModelState) -> evaluation.Scorer:
+    """The version's scoring function, the same one its prequential evaluation used."""
+    manifest = state.manifest
+    objective = manifest["objective"]
+    use_bias = bool(manifest["config"]["model"].get("use_bias", True))
+    item_bias = state.item_bias if uses_item_bias(objective, use_bias) else None
+    ranking = evaluation.dot_scorer(state.user_vectors, state.item_vectors, item_bias)
+    if objective != "rating":
+        return ranking
+    mu = np.float32(manifest.get("global_bias", 0.0))
 
-    config = state.manifest["config"]["model"]
-    return MatrixFactorization(
-        state.user_vectors, state.item_vectors, user_trainable_from=len(state.user_vectors),
-        item_trainable_from=len(state.item_vectors),
-        user_bias=state.user_bias if config["use_bias"] else None,
-        item_bias=state.item_bias if config["use_bias"] else None,
-        objective=state.manifest["objective"], global_bias=float(state.manifest.get("global_bias", 0.0)))
+    def predicted_rating(user_rows: np.ndarray) -> np.ndarray:
+        offset = mu + (state.user_bias[user_rows] if use_bias else np.float32(0.0))
+        return ranking(user_rows) + np.asarray(offset, np.float32)[:, None]
+
+    return predicted_rating
 
 
 def _row(vocab, identifier: str, what: str) -> int:
@@ -44,17 +54,22 @@ def recommend(store_dir: str | Path, user_id: str, k: int = 10, *, version: int 
     row = _row(state.user_vocab, user_id, "user")
     history = store.read_history(state.partitions)
     users = state.user_vocab.lookup(history["user_id"])
-    seen = state.item_vocab.lookup(history["item_id"])[users == row]
-    items, scores = _model(state).recommend(np.array([row]), k, exclude=[np.unique(seen)])
-    return _answer(state.item_vocab, items[0], scores[0])
+    seen_items = state.item_vocab.lookup(history["item_id"])[users == row]
+    seen = evaluation.seen_matrix(np.zeros(len(seen_items), np.int64), seen_items, 1, len(state.item_vectors))
+    rows, scores = evaluation.top_k_excluding_seen(lambda _: scorer(state)(np.array([row])), np.array([0]), k, seen)
+    return _answer(state.item_vocab, rows[0], scores[0])
 
 
 def similar(store_dir: str | Path, item_id: str, k: int = 10, *, version: int | None = None) -> list[dict[str, Any]]:
-    """The k items nearest to an item by cosine similarity of their vectors."""
+    """The k items nearest to an item by cosine similarity of their vectors (never itself nor row 0)."""
     state = Store(store_dir).load(version)
     row = _row(state.item_vocab, item_id, "item")
-    items, scores = _model(state).similar_items(np.array([row]), k)
-    return _answer(state.item_vocab, items[0], scores[0])
+    table = state.item_vectors
+    unit = table / np.maximum(np.linalg.norm(table, axis=1, keepdims=True), np.finfo(np.float32).tiny)
+    cosine = (unit @ unit[row])[None, :].astype(np.float32)
+    excluded = evaluation.seen_matrix(np.array([0]), np.array([row]), 1, len(table))
+    rows, scores = evaluation.top_k_excluding_seen(lambda _: cosine.copy(), np.array([0]), k, excluded)
+    return _answer(state.item_vocab, rows[0], scores[0])
 
 
 def _answer(vocab, rows: np.ndarray, scores: np.ndarray) -> list[dict[str, Any]]:

@@ -21,7 +21,9 @@ from pipeline.incremental import run_full_retrain, run_incremental_step, sync_dr
 from pipeline.store import Store, sha256_of_array
 from pipeline.synthetic import generate_world
 
-SMALL = AccreteConfig().replace(model={"dim": 8}, train={"epochs": 1, "retrain_epochs": 2, "batch_size": 256})
+# The SGD path (TFRS, frozen-tail tables); the default iALS path is tested in test_ials_step.py.
+SMALL = AccreteConfig().replace(model={"dim": 8, "objective": "auto"},
+                                train={"epochs": 1, "retrain_epochs": 2, "batch_size": 256})
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,114 @@
+"""The default nightly path (iALS): item rows frozen byte for byte, new rows and active users solved in
+closed form, the time-aware term moving only where interactions arrived, and one scoring everywhere."""
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline import contract, evaluation
+from pipeline.config import AccreteConfig
+from pipeline.exports import export_delta, read_export
+from pipeline.incremental import run_full_retrain, run_incremental_step
+from pipeline.recommend import recommend, scorer
+from pipeline.store import Store
+from pipeline.synthetic import generate_world
+
+CONFIG = AccreteConfig().replace(model={"dim": 8, "ials_iterations": 5})
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    data = tmp_path_factory.mktemp("ials-world") / "data"
+    generate_world(data, days=4, seed=5, initial_users=250, initial_items=150, new_users_per_day=10,
+                   new_items_per_day=6, interactions_per_day=600, initial_interactions=5000)
+    return data
+
+
+@pytest.fixture(scope="module")
+def stepped(world, tmp_path_factory) -> dict:
+    """Version 1: full retrain on day 0; version 2: one step (refold_active); and the same step with
+    user_policy = frozen in a second store."""
+    dates = contract.list_partitions(world)
+    root = tmp_path_factory.mktemp("ials-stores")
+    run_full_retrain(world, root / "a", dates[0], config=CONFIG)
+    shutil.copytree(root / "a", root / "b")
+    run_incremental_step(world, root / "a", config=CONFIG)
+    run_incremental_step(world, root / "b", config=CONFIG.replace(model={"user_policy": "frozen"}))
+    partition = contract.read_partition(world, dates[1], contract.data_frequency(world))
+    return {"refold": Store(root / "a"), "frozen": Store(root / "b"), "partition": partition, "date": dates[1]}
+
+
+def test_the_default_generation_is_ials_with_the_recency_term_recorded(stepped):
+    manifest = stepped["refold"].manifest(1)
+    assert manifest["objective"] == "ials"
+    assert manifest["recency"] == {"anchor": manifest["as_of"], "half_life_days": 120.0, "weight": 5.0, "prior": 1.0}
+
+
+def test_existing_item_rows_are_byte_identical_and_new_items_are_solved(stepped):
+    before, after = stepped["refold"].load(1), stepped["refold"].load(2)
+    n_old = len(before.item_vectors)
+    assert after.item_vectors[:n_old].tobytes() == before.item_vectors.tobytes()
+    assert after.manifest["frozen_checksum"]["item"] and "user" not in after.manifest["frozen_checksum"]
+    interacted = np.unique(after.item_vocab.lookup(stepped["partition"].interactions["item_id"]))
+    new_interacted = interacted[interacted >= n_old]
+    assert len(new_interacted) > 0
+    cold = after.item_vectors[n_old:].mean(axis=0)  # cold rows share one vector; solved rows differ from it
+    assert all(not np.allclose(after.item_vectors[row], cold) for row in new_interacted)
+
+
+def test_refold_active_moves_exactly_the_active_existing_users(stepped):
+    before, after = stepped["refold"].load(1), stepped["refold"].load(2)
+    n_old = len(before.user_vectors)
+    active = np.unique(after.user_vocab.lookup(stepped["partition"].interactions["user_id"]))
+    moved = np.flatnonzero((after.user_vectors[:n_old] != before.user_vectors).any(axis=1))
+    np.testing.assert_array_equal(moved, active[active < n_old])
+    training = after.manifest["training"]
+    assert training["users_refolded"] == len(moved) and 0 < training["user_cosine_shift"] < 1
+
+
+def test_user_policy_frozen_keeps_every_existing_user_row(stepped):
+    before, after = stepped["frozen"].load(1), stepped["frozen"].load(2)
+    n_old = len(before.user_vectors)
+    assert after.user_vectors[:n_old].tobytes() == before.user_vectors.tobytes()
+    assert after.manifest["frozen_checksum"]["user"]
+    assert after.manifest["training"]["users_refolded"] == 0
+
+
+def test_the_recency_term_moves_only_for_items_with_new_interactions(stepped):
+    before, after = stepped["refold"].load(1), stepped["refold"].load(2)
+    n_old = len(before.item_bias)
+    interacted = np.zeros(len(after.item_bias), bool)
+    interacted[after.item_vocab.lookup(stepped["partition"].interactions["item_id"])] = True
+    changed = after.item_bias[:n_old] != before.item_bias
+    np.testing.assert_array_equal(np.flatnonzero(changed), np.flatnonzero(interacted[:n_old]))
+    assert (after.item_bias[:n_old][changed] > before.item_bias[changed]).all()  # more weight, never less
+
+
+def test_the_delta_export_names_bias_only_changes(stepped, tmp_path):
+    summary = export_delta(stepped["refold"].root, tmp_path / "delta.parquet", since=1)
+    table = read_export(tmp_path / "delta.parquet").to_pandas()
+    items = table[table.entity == "item"]
+    changed = items[items.change == "changed"]
+    assert len(changed) > 0 and not changed.vector_changed.any()
+    assert summary["item"]["bias_only"] == len(changed) == summary["item"]["changed"]
+    assert items[items.change == "added"].vector_changed.all()
+
+
+def test_recommend_uses_the_evaluations_scores(stepped):
+    store = stepped["refold"]
+    state = store.load()
+    user_id = stepped["partition"].interactions["user_id"][0].as_py()
+    row = int(state.user_vocab.lookup([user_id])[0])
+    answer = recommend(store.root, user_id, k=5)
+    expected = evaluation.dot_scorer(state.user_vectors, state.item_vectors, state.item_bias)(np.array([row]))[0]
+    for entry in answer:
+        assert entry["score"] == pytest.approx(float(expected[entry["row"]]), rel=1e-6)
+    np.testing.assert_array_equal(scorer(state)(np.array([row]))[0], expected)
+    history = store.read_history(state.partitions)
+    frame = history.to_pandas()
+    seen = set(frame.loc[frame.user_id == user_id, "item_id"])
+    assert not seen & {entry["item_id"] for entry in answer}
