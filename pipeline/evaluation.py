@@ -22,6 +22,11 @@ import scipy.sparse as sp
 Scorer = Callable[[np.ndarray], np.ndarray]
 
 
+def uses_item_bias(objective: str, use_bias: bool) -> bool:
+    """Whether scores add the item bias: always under iALS (it holds the time-aware term), else `use_bias`."""
+    return objective == "ials" or use_bias
+
+
 def dot_scorer(
     user_vectors: np.ndarray, item_vectors: np.ndarray, item_bias: np.ndarray | None = None
 ) -> Scorer:

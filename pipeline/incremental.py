@@ -188,11 +188,6 @@ def _fold_in_spec(opposite: np.ndarray, own_rows: np.ndarray, opposite_rows: np.
             "opposite_rows": opposite_rows[keep], "targets": targets[keep], "weights": None, "l2": l2}
 
 
-def uses_item_bias(objective: str, use_bias: bool) -> bool:
-    """Whether scores add the item bias: always under iALS (it holds the time-aware term), else `use_bias`."""
-    return objective == "ials" or use_bias
-
-
 def resolve_objective(configured: str, has_ratings: bool) -> str:
     """The objective to train: "auto" means rating on explicit ratings, retrieval on implicit feedback."""
     if configured != "auto":
@@ -421,7 +416,7 @@ def _incremental(config: AccreteConfig, store: Store, state: ModelState, partiti
     history_items = state.item_vocab.lookup(history["item_id"])
     seen = evaluation.seen_matrix(history_users, history_items, n_users, n_items)
     scorer = evaluation.dot_scorer(state.user_vectors, state.item_vectors,
-                                   state.item_bias if uses_item_bias(objective, model_config.use_bias) else None)
+                                   state.item_bias if evaluation.uses_item_bias(objective, model_config.use_bias) else None)
     progress(f"evaluating on {len(users):,} interactions before training")
     metrics = evaluation.evaluate_prequential(
         scorer, test_users=users, test_items=items, n_items=n_items, seen=seen,

@@ -14,7 +14,6 @@ import numpy as np
 
 from pipeline import evaluation
 from pipeline.errors import AccreteError
-from pipeline.incremental import uses_item_bias
 from pipeline.store import ModelState, Store
 
 
@@ -27,7 +26,7 @@ def scorer(state: ModelState) -> evaluation.Scorer:
     manifest = state.manifest
     objective = manifest["objective"]
     use_bias = bool(manifest["config"]["model"].get("use_bias", True))
-    item_bias = state.item_bias if uses_item_bias(objective, use_bias) else None
+    item_bias = state.item_bias if evaluation.uses_item_bias(objective, use_bias) else None
     ranking = evaluation.dot_scorer(state.user_vectors, state.item_vectors, item_bias)
     if objective != "rating":
         return ranking
