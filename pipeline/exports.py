@@ -78,6 +78,12 @@ def export_delta(store_dir: str | Path, out: str | Path, *, since: int, version:
     if since > new.version:
         raise StoreError(f"--delta-since {since} is newer than version {new.version}")
     old = store.load(since)
+    # An entity's frozen rows are checked only if every step since `since` kept them frozen (iALS with
+    # user_policy = refold_active re-solves active users, and its steps record no user checksum).
+    kept_frozen = {"user", "item"}
+    for step in store.versions():
+        if since < step <= new.version:
+            kept_frozen &= set(store.manifest(step).get("frozen_checksum", kept_frozen))
     parts, summary = [], {"version": new.version, "since": since}
     for entity in ("user", "item"):
         new_vocab, new_vectors, new_bias = _tables(new, entity)
@@ -90,22 +96,18 @@ def export_delta(store_dir: str | Path, out: str | Path, *, since: int, version:
         both = rows[mapped >= 0]
         both_old = mapped[mapped >= 0]
         if new_vectors.shape[1] != old_vectors.shape[1]:
-            same = np.zeros(len(both), bool)
+            same_vector = same = np.zeros(len(both), bool)
         else:
             # Byte comparison (float == would call -0.0 and 0.0 equal, and NaN unequal to itself).
-            same = (new_vectors[both].view(np.uint32) == old_vectors[both_old].view(np.uint32)).all(axis=1)
-            same &= new_bias[both].view(np.uint32) == old_bias[both_old].view(np.uint32)
+            same_vector = (new_vectors[both].view(np.uint32) == old_vectors[both_old].view(np.uint32)).all(axis=1)
+            same = same_vector & (new_bias[both].view(np.uint32) == old_bias[both_old].view(np.uint32))
         changed, unchanged = both[~same], both[same]
-        if new_vectors.shape[1] != old_vectors.shape[1]:
-            vector_changed = np.ones(len(changed), bool)
-        else:
-            vector_changed = (new_vectors[changed].view(np.uint32) != old_vectors[old_row[changed]].view(np.uint32)).any(axis=1)
+        vector_changed = ~same_vector[~same]
         fine_tuned = any(m["config"]["model"]["frozen_lr_multiplier"] > 0 for m in (new.manifest, old.manifest))
-        if new.manifest["generation"] == old.manifest["generation"] and not fine_tuned:
+        if new.manifest["generation"] == old.manifest["generation"] and not fine_tuned and entity in kept_frozen:
             # Within a generation, rows frozen in the old version must be byte-identical in the new one.
             frozen_from = old.manifest["rows"][f"{entity}_trainable_from"]
-            moved = changed[(old_row[changed] > 0) & (old_row[changed] < frozen_from)]
-            vector_moved = moved[(new_vectors[moved].view(np.uint32) != old_vectors[old_row[moved]].view(np.uint32)).any(axis=1)]
+            vector_moved = changed[vector_changed & (old_row[changed] > 0) & (old_row[changed] < frozen_from)]
             if len(vector_moved):
                 raise StoreError(f"delta check failed: {len(vector_moved)} {entity} rows frozen in version {since} "
                                  f"changed in version {new.version} (first id {new_ids[int(vector_moved[0])]})")

@@ -30,13 +30,14 @@ def world(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def stepped(world, tmp_path_factory) -> dict:
-    """Version 1: full retrain on day 0; version 2: one step (refold_active); and the same step with
-    user_policy = frozen in a second store."""
+    """Version 1: full retrain on day 0; versions 2 and 3: nightly steps (refold_active); and the first
+    step with user_policy = frozen in a second store."""
     dates = contract.list_partitions(world)
     root = tmp_path_factory.mktemp("ials-stores")
     run_full_retrain(world, root / "a", dates[0], config=CONFIG)
     shutil.copytree(root / "a", root / "b")
     run_incremental_step(world, root / "a", config=CONFIG)
+    run_incremental_step(world, root / "a", config=CONFIG)  # version 3: a delta between two nightly steps
     run_incremental_step(world, root / "b", config=CONFIG.replace(model={"user_policy": "frozen"}))
     partition = contract.read_partition(world, dates[1], contract.data_frequency(world))
     return {"refold": Store(root / "a"), "frozen": Store(root / "b"), "partition": partition, "date": dates[1]}
@@ -96,6 +97,19 @@ def test_the_delta_export_names_bias_only_changes(stepped, tmp_path):
     assert len(changed) > 0 and not changed.vector_changed.any()
     assert summary["item"]["bias_only"] == len(changed) == summary["item"]["changed"]
     assert items[items.change == "added"].vector_changed.all()
+
+
+def test_a_delta_between_two_nightly_steps_lists_the_refolded_users_and_checks_the_items(stepped, tmp_path):
+    store = stepped["refold"]
+    before, after = store.load(2), store.load(3)
+    summary = export_delta(store.root, tmp_path / "delta.parquet", since=2, version=3)
+    table = read_export(tmp_path / "delta.parquet").to_pandas()
+    users = table[(table.entity == "user") & (table.change == "changed")]
+    moved = (after.user_vectors[1:len(before.user_vectors)] != before.user_vectors[1:]).any(axis=1)
+    assert len(users) == summary["user"]["changed"] == int(moved.sum()) > 0 and users.vector_changed.all()
+    items = table[(table.entity == "item") & (table.change == "changed")]
+    assert len(items) > 0 and not items.vector_changed.any()
+    assert summary["item"]["unchanged_verified"] + len(items) == len(before.item_vectors) - 1
 
 
 def test_recommend_uses_the_evaluations_scores(stepped):
