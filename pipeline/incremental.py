@@ -240,7 +240,9 @@ def _rating_edges(config: AccreteConfig) -> np.ndarray | None:
 
 
 def _item_times(interactions: pa.Table, item_vocab: Vocabulary) -> tuple[np.ndarray, np.ndarray]:
-    """Item rows and Unix-second timestamps of the interactions with a known item."""
+    """Item rows and Unix-second timestamps of the interactions with a known item. Unlike
+    `_interaction_arrays` it keeps interactions of users a compaction dropped: they still count towards
+    an item's popularity."""
     if interactions.num_rows == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     items = item_vocab.lookup(interactions["item_id"])
@@ -436,7 +438,8 @@ def _incremental(config: AccreteConfig, store: Store, state: ModelState, partiti
 
     # Training set: the new partition plus a replay sample of old interactions.
     clock = time.perf_counter()
-    n_replay = int(round(config.train.replay_ratio * len(users)))
+    # iALS solves rows from the partition and the history; only SGD training replays.
+    n_replay = 0 if objective == "ials" else int(round(config.train.replay_ratio * len(users)))
     replay = state.reservoir.sample(n_replay, seed=_seed_for(seed, date, 3)) if n_replay else None
     if replay is not None and replay.num_rows:
         r_users, r_items, r_ratings = _interaction_arrays(replay, state.user_vocab, state.item_vocab)
@@ -446,9 +449,7 @@ def _incremental(config: AccreteConfig, store: Store, state: ModelState, partiti
     global_bias = float(parent_manifest.get("global_bias", 0.0))
 
     # Warm initialization of the new rows, now that the partition's interactions may be used.
-    if objective == "ials":
-        pass  # the iALS step below solves the new rows in closed form
-    elif model_config.init == "fold_in":
+    if objective != "ials" and model_config.init == "fold_in":  # iALS solves its new rows below
         if objective == "retrieval":
             level = _positive_level(r_users, r_items, state.user_vectors, state.item_vectors)
             item_targets = user_targets = np.full(len(users), level, np.float32)
@@ -472,16 +473,20 @@ def _incremental(config: AccreteConfig, store: Store, state: ModelState, partiti
     item_from = trainable_boundary(state.item_vocab, date, applied, model_config.warmup_days)
     # Under iALS with refold_active, active existing users move by design (measured: user_cosine_shift).
     users_move = objective == "ials" and model_config.user_policy == "refold_active"
-    frozen_before = {"item": sha256_of_array(state.item_vectors[:item_from])}
-    if not users_move:
-        frozen_before["user"] = sha256_of_array(state.user_vectors[:user_from])
+
+    def frozen_blocks() -> dict[str, str]:
+        blocks = {"item": sha256_of_array(state.item_vectors[:item_from])}
+        if not users_move:
+            blocks["user"] = sha256_of_array(state.user_vectors[:user_from])
+        return blocks
+
+    frozen_before = frozen_blocks()
     train_users = np.concatenate([users, r_users])
     train_items = np.concatenate([items, r_items])
     train_ratings = np.concatenate([ratings, r_ratings])
     training: dict[str, Any] = {"examples_new": int(len(users)), "examples_replayed": int(len(r_users))}
     if objective == "ials":
         progress(f"iALS: solving new rows and active users from {len(users):,} interactions")
-        training = {"examples_new": int(len(users)), "examples_replayed": 0}
         training.update(_ials_fold(config, state, users=users, items=items, history_users=history_users,
                                    history_items=history_items, n_old_users=n_old_users, n_old_items=n_old_items))
         if recency:
@@ -493,9 +498,7 @@ def _incremental(config: AccreteConfig, store: Store, state: ModelState, partiti
         training.update(_train(config, state, objective, user_trainable_from=user_from, item_trainable_from=item_from,
                                users=train_users, items=train_items, ratings=train_ratings,
                                epochs=config.train.epochs, seed=_seed_for(seed, date, 4), global_bias=global_bias))
-    frozen_after = {"item": sha256_of_array(state.item_vectors[:item_from])}
-    if not users_move:
-        frozen_after["user"] = sha256_of_array(state.user_vectors[:user_from])
+    frozen_after = frozen_blocks()
     if model_config.frozen_lr_multiplier == 0.0 and frozen_after != frozen_before:
         raise RuntimeError("frozen rows changed during training: this is a bug in the frozen-tail embedding")
     timings["train"] = time.perf_counter() - clock
