@@ -93,8 +93,8 @@ def popularity_baselines(history: History, dates: list[dt.date], half_lives: tup
             candidates[f"pop_last_{weeks}w"] = evaluation.popularity_counts(np.concatenate(recent), history.n_items)
         now = float(np.datetime64(d, "s").astype(np.int64))
         for half_life in half_lives:
-            weights = 0.5 ** ((now - hist_t) / 86400.0 / half_life)
-            candidates[f"pop_decayed_{half_life:g}d"] = np.bincount(hist_i, weights=weights, minlength=history.n_items)
+            candidates[f"pop_decayed_{half_life:g}d"] = evaluation.popularity_counts(
+                hist_i, history.n_items, weights=0.5 ** ((now - hist_t) / 86400.0 / half_life))
         for name, counts in candidates.items():
             # Ties (e.g. zero counts) are broken by a tiny all-time term, then by row.
             scores = (counts.astype(np.float64) + 1e-9 * all_time).astype(np.float32)

@@ -54,8 +54,8 @@ def recommend(store_dir: str | Path, user_id: str, k: int = 10, *, version: int 
     history = store.read_history(state.partitions)
     users = state.user_vocab.lookup(history["user_id"])
     seen_items = state.item_vocab.lookup(history["item_id"])[users == row]
-    seen = evaluation.seen_matrix(np.zeros(len(seen_items), np.int64), seen_items, 1, len(state.item_vectors))
-    rows, scores = evaluation.top_k_excluding_seen(lambda _: scorer(state)(np.array([row])), np.array([0]), k, seen)
+    seen = evaluation.seen_matrix(np.full(len(seen_items), row), seen_items, row + 1, len(state.item_vectors))
+    rows, scores = evaluation.top_k_excluding_seen(scorer(state), np.array([row]), k, seen)
     return _answer(state.item_vocab, rows[0], scores[0])
 
 
@@ -65,9 +65,9 @@ def similar(store_dir: str | Path, item_id: str, k: int = 10, *, version: int | 
     row = _row(state.item_vocab, item_id, "item")
     table = state.item_vectors
     unit = table / np.maximum(np.linalg.norm(table, axis=1, keepdims=True), np.finfo(np.float32).tiny)
-    cosine = (unit @ unit[row])[None, :].astype(np.float32)
-    excluded = evaluation.seen_matrix(np.array([0]), np.array([row]), 1, len(table))
-    rows, scores = evaluation.top_k_excluding_seen(lambda _: cosine.copy(), np.array([0]), k, excluded)
+    itself = evaluation.seen_matrix(np.array([row]), np.array([row]), row + 1, len(table))
+    # Items act as queries here: the "seen" item of query `row` is the item itself.
+    rows, scores = evaluation.top_k_excluding_seen(lambda queries: unit[queries] @ unit.T, np.array([row]), k, itself)
     return _answer(state.item_vocab, rows[0], scores[0])
 
 
