@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+
 def interaction_matrix(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) -> sp.csr_matrix:
     """Binary rows x cols CSR of the distinct pairs (repeats of a pair count once)."""
     matrix = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=shape)
@@ -45,8 +46,7 @@ def fit(matrix: sp.csr_matrix, *, dim: int, alpha: float, l2: float, iterations:
     return users, items
 
 
-def solve(opposite: np.ndarray, observed: sp.csr_matrix, *, alpha: float, l2: float,
-          gram: np.ndarray | None = None) -> np.ndarray:
+def solve(opposite: np.ndarray, observed: sp.csr_matrix, *, alpha: float, l2: float) -> np.ndarray:
     """The closed-form iALS solve of one row per row of `observed` against the fixed `opposite` table.
 
     Args:
@@ -54,7 +54,6 @@ def solve(opposite: np.ndarray, observed: sp.csr_matrix, *, alpha: float, l2: fl
         observed: binary CSR `[n_rows, n_opposite]`: the opposite rows each solved row interacted with.
         alpha: confidence of an observed pair (> 0).
         l2: ridge penalty (> 0, so a row with few interactions is still well-posed).
-        gram: `opposite.T @ opposite` if the caller already has it.
 
     Returns:
         float32 `[n_rows, dim]`; a row without interactions solves to zeros.
@@ -66,7 +65,7 @@ def solve(opposite: np.ndarray, observed: sp.csr_matrix, *, alpha: float, l2: fl
     table = np.asarray(opposite, np.float64)
     dim = table.shape[1]
     n_rows = observed.shape[0]
-    base = (table.T @ table if gram is None else np.asarray(gram, np.float64)) + l2 * np.eye(dim)
+    base = table.T @ table + l2 * np.eye(dim)
     counts = np.diff(observed.indptr)
     cols = observed.indices
     binary = sp.csr_matrix((np.ones(len(cols)), cols, observed.indptr), shape=observed.shape)
