@@ -108,6 +108,24 @@ def _require_store(args: argparse.Namespace) -> None:
     Store(args.store).require_current()
 
 
+def _nothing_to_do(args: argparse.Namespace, start: dt.date | None = None, end: dt.date | None = None) -> bool:
+    """Say so in one line (on stdout, or as JSON) and start nothing when the run would change nothing."""
+    from pipeline.policy import nothing_to_do
+
+    message = nothing_to_do(args.data, args.store, start, end)
+    if message is None:
+        return False
+    _print({"changed": False, "version": _current_version(args), "message": message} if args.json else message,
+           args.json)
+    return True
+
+
+def _current_version(args: argparse.Namespace) -> int:
+    from pipeline.store import Store
+
+    return Store(args.store).require_current()
+
+
 def _start_prefect_api() -> None:
     from flows.flows import start_prefect_api
 
@@ -137,6 +155,8 @@ def cmd_nightly(args: argparse.Namespace) -> None:
     if args.date and args.date not in partitions:
         raise PartitionOrderError(f"{args.data}: no partition for {args.date} (interactions/, users/ or items/ "
                                   f"date={args.date})")
+    if not args.date and not args.force and _nothing_to_do(args):
+        return
     _start_prefect_api()
     from flows.flows import nightly
 
@@ -155,6 +175,8 @@ def cmd_backfill(args: argparse.Namespace) -> None:
     if not any(args.start <= day <= args.end for day in partitions):
         span = f"{partitions[0]} to {partitions[-1]}" if partitions else "none"
         raise PartitionOrderError(f"{args.data}: no partition from {args.start} to {args.end} (partitions: {span})")
+    if _nothing_to_do(args, args.start, args.end):
+        return
     _start_prefect_api()
     from flows.flows import backfill
 

@@ -37,9 +37,10 @@ from tqdm import tqdm
 
 from pipeline import contract
 from pipeline.config import AccreteConfig
-from pipeline.decision import fired_reasons
 from pipeline.errors import AccreteError
 from pipeline.incremental import StepResult, run_full_retrain, run_incremental_step, sync_drift_history
+from pipeline.policy import applied_partitions as policy_applied, owed_retrain, reasons_list, retrain_reason
+from pipeline.status import quarantined_rows
 from pipeline.store import Store
 
 NIGHTLY_SUMMARY_KEY = "accrete-nightly-summary"
@@ -193,17 +194,6 @@ def _finite(value: Any) -> float | None:
     return None
 
 
-def _reasons(drift: dict[str, Any]) -> list[str]:
-    text = drift.get("reasons") or ""
-    return [reason for reason in text.split("; ") if reason] if isinstance(text, str) else list(text)
-
-
-def _retrain_reason(reasons: list[str]) -> str:
-    """A drift-triggered retrain's stated reason: what fired (triggers past patience, the age cap), without
-    the decision's notes on what did not."""
-    return "; ".join(fired_reasons(reasons) or reasons)
-
-
 def _headline(metrics: dict[str, Any]) -> dict[str, float | None]:
     return {key: _finite(metrics[key]) for key in HEADLINE_METRICS if key in metrics}
 
@@ -224,7 +214,8 @@ def _step_summary(result: StepResult) -> dict[str, Any]:
         "new_items": rows.get("item_new") if incremental else 0,
         "metrics": _headline(manifest.get("metrics") or {}) if incremental else {},
         "retrain_due": bool(drift.get("retrain")) if incremental else False,
-        "reasons": _reasons(drift) if incremental else [],
+        "reasons": reasons_list(drift.get("reasons")) if incremental else [],
+        "quarantined": quarantined_rows(manifest) if incremental else 0,
         "seconds": _finite((manifest.get("timings") or {}).get("total")) if incremental else 0.0,
     }
 
@@ -258,9 +249,7 @@ def _markdown_table(header: list[str], rows: list[list[Any]]) -> str:
 @task(name="applied-partitions", **_IO_RETRIES)
 def applied_partitions(store: str) -> list[str]:
     """ISO dates of every partition the current version has consumed."""
-    s = Store(store)
-    s.require_current()
-    return list(s.manifest()["partitions"])
+    return [d.isoformat() for d in policy_applied(store)]
 
 
 @task(name="partitions-in-range", **_IO_RETRIES)
@@ -283,15 +272,8 @@ def sync_drift(store: str) -> int:
 
 @task(name="pending-retrain", **_IO_RETRIES)
 def pending_retrain(store: str) -> dict[str, Any] | None:
-    """A retrain the current version asked for but that never ran (the run crashed or was killed after
-    the step was published): its date and reasons; None when nothing is owed."""
-    s = Store(store)
-    s.require_current()
-    manifest = s.manifest()
-    drift = manifest.get("drift") or {}
-    if manifest.get("kind") == "incremental" and drift.get("retrain"):
-        return {"date": manifest["partition"], "reasons": _reasons(drift)}
-    return None
+    """`pipeline.policy.owed_retrain`: a retrain the current version asked for that never ran."""
+    return owed_retrain(store)
 
 
 @task(name="previous-metrics", **_IO_RETRIES)
@@ -342,7 +324,7 @@ def full_retrain_step(data: str, store: str, as_of: str, window_days: int | None
     return {"kind": result.kind, "version": result.version, "generation": manifest.get("generation"),
             "as_of": result.date.isoformat(), "reason": reason, "window_days": manifest.get("window_days"),
             "users": rows.get("user", 1) - 1, "items": rows.get("item", 1) - 1,
-            "examples": (manifest.get("training") or {}).get("examples"),
+            "examples": (manifest.get("training") or {}).get("examples"), "quarantined": quarantined_rows(manifest),
             "seconds": _finite((manifest.get("timings") or {}).get("total")), "message": result.message}
 
 
@@ -377,6 +359,9 @@ def report_nightly(summary: dict[str, Any]) -> None:
         rows = [[key, value, before.get(key), _change(value, before.get(key))]
                 for key, value in step["metrics"].items()]
         lines += [_markdown_table(["metric", "this step", "previous step", "change"], rows), ""]
+        if step["quarantined"]:
+            lines += [f"{step['quarantined']:,} input row(s) quarantined (version {step['version']}'s "
+                      f"quarantine.parquet holds them with their reasons).", ""]
         lines += ["## Drift decision", "", f"**{'RETRAIN' if step['retrain_due'] else 'no retrain'}**", ""]
         lines += [f"- {reason}" for reason in step["reasons"]] or ["- every drift metric within its threshold"]
     for retrain in summary["retrains"]:
@@ -399,6 +384,7 @@ def report_backfill(report: dict[str, Any], start: str, end: str, failed: dict[s
                  f" ({report['applied'][0]} to {report['applied'][-1]})" if report["applied"] else ""),
              f"- skipped (already applied): {len(report['skipped'])}",
              f"- drift-triggered full retrains after: {', '.join(report['retrained']) or 'none'}",
+             f"- input rows quarantined: {report['quarantined']:,}",
              f"- current version: {report['version']}", ""]
     if failed:
         lines += [f"**FAILED on {failed['date']}**: {failed['error']}", "",
@@ -472,13 +458,13 @@ def _nightly_step(data: str, store: str, date: str | None, force: bool, config_p
     if owed:
         logger.warning("version asked for a retrain after %s that never ran; running it first", owed["date"])
         retrains.append(full_retrain(data=data, store=store, as_of=owed["date"],
-                                     reason=_retrain_reason(owed["reasons"]), config_path=config_path, dashboard=False))
+                                     reason=retrain_reason(owed["reasons"]), config_path=config_path, dashboard=False))
     step = incremental_step(data, store, date, force, config_path)
     previous = previous_metrics(store, step["version"]) if step["kind"] == "incremental" else {}
     if step["retrain_due"]:
         logger.info("drift decision after %s: retrain (%s)", step["date"], "; ".join(step["reasons"]))
         retrains.append(full_retrain(data=data, store=store, as_of=step["date"],
-                                     reason=_retrain_reason(step["reasons"]), config_path=config_path, dashboard=False))
+                                     reason=retrain_reason(step["reasons"]), config_path=config_path, dashboard=False))
     version = retrains[-1]["version"] if retrains and retrains[-1]["version"] > step["version"] else step["version"]
     summary = {
         "date": step["date"], "kind": step["kind"], "version": version, "step_version": step["version"],
@@ -486,6 +472,7 @@ def _nightly_step(data: str, store: str, date: str | None, force: bool, config_p
         "retrained": bool(retrains), "retrain_version": retrains[-1]["version"] if retrains else None,
         "reasons": step["reasons"], "new_users": step["new_users"], "new_items": step["new_items"],
         "metrics": step["metrics"], "previous_metrics": previous.get("metrics", {}), "message": step["message"],
+        "quarantined": step["quarantined"],
     }
     report_nightly({"date": step["date"], "step": step, "previous": previous, "retrains": retrains, "version": version})
     return summary
@@ -511,7 +498,8 @@ def nightly(data: str | Path = "data", store: str | Path = "store", date: str | 
     Returns:
         date, kind ("incremental" or "skipped"), version (current after the run), step_version,
         generation, retrained (bool), retrain_version, reasons (the drift decision's), new_users,
-        new_items, metrics (headline quality of the step, before training on its day), previous_metrics.
+        new_items, metrics (headline quality of the step, before training on its day), previous_metrics,
+        quarantined (input rows of the partition set aside in the version's quarantine.parquet).
     """
     data, store, config_path = _paths(data, store, config_path)
     summary = _nightly_step(data, store, date, force, config_path)
@@ -539,6 +527,7 @@ def backfill(start: str, end: str, data: str | Path = "data", store: str | Path 
 
     Returns:
         {"applied": [dates], "skipped": [dates], "retrained": [dates after which a full retrain ran],
+        "quarantined": input rows set aside over the applied partitions,
         "version": the current version, "dashboard": path}.
 
     Raises:
@@ -549,7 +538,7 @@ def backfill(start: str, end: str, data: str | Path = "data", store: str | Path 
     AccreteConfig.load(config_path)  # a bad setting is the user's mistake, not a failure of the first date
     dates = partitions_in_range(data, start, end)
     done = set(applied_partitions(store))
-    report: dict[str, Any] = {"applied": [], "skipped": [], "retrained": []}
+    report: dict[str, Any] = {"applied": [], "skipped": [], "retrained": [], "quarantined": 0}
     todo = [d for d in dates if d not in done]
     report["skipped"] = [d for d in dates if d in done]
     logger.info("%d partition(s) in range, %d already applied, %d to apply", len(dates), len(report["skipped"]),
@@ -570,6 +559,7 @@ def backfill(start: str, end: str, data: str | Path = "data", store: str | Path 
             (report["applied"] if result["kind"] == "incremental" else report["skipped"]).append(date)
             if result["retrained"]:
                 report["retrained"].append(date)
+            report["quarantined"] += result["quarantined"]
             bar.update(1)
             bar.set_postfix(version=result["version"])
     report["skipped"].sort()

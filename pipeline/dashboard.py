@@ -30,6 +30,7 @@ from plotly.subplots import make_subplots
 from pipeline.decision import THRESHOLD_DIRECTIONS, read_drift_history
 from pipeline.drift import METRIC_KEYS
 from pipeline.errors import StoreError
+from pipeline.status import quarantined_rows
 from pipeline.store import DRIFT, Store
 
 #: Panels of the page, in order; each is ``<section id="panel-<name>" data-panel="<name>">``.
@@ -588,7 +589,8 @@ def _header_html(data: DashboardData) -> str:
          f"{'incremental step' if kind == 'incremental' else 'full retrain'}; "
          f"{users:,} users, {items:,} items"),
         ("Last run", f"partition {html.escape(str(m.get('partition', '?')))}",
-         f"published {html.escape(str(m.get('created_at', '?')))}{seconds}"),
+         f"published {html.escape(str(m.get('created_at', '?')))}{seconds}; "
+         f"{quarantined_rows(m):,} input rows quarantined"),
         ("Retrain", verdict, f"last full retrain: {retrain_line}"),
     ]
     card_html = "".join(f'<div class="card"><div class="label">{label}</div><div class="value">{value}</div>'

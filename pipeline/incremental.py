@@ -565,6 +565,7 @@ def _incremental(config: AccreteConfig, store: Store, state: ModelState, partiti
                         "rows_at_retrain": rows_at_retrain, "interactions_since_retrain": interactions_since,
                         "interactions_total": interactions_total},
         "ingest": partition.report,
+        "quarantined_rows": int(partition.quarantine.num_rows),
         "training": training,
         "config": config.to_dict(),
     }
@@ -743,7 +744,8 @@ def _full_retrain(config: AccreteConfig, data_dir: Path, store: Store, as_of: dt
                         "last_full_retrain": {"version": version, "date": as_of.isoformat()},
                         "rows_at_retrain": {"user": n_users, "item": n_items},
                         "interactions_since_retrain": 0, "interactions_total": int(training_data.num_rows)},
-        "ingest": reports, "training": training, "config": config.to_dict(),
+        "ingest": reports, "quarantined_rows": int(sum(q.num_rows for q in quarantined)),
+        "training": training, "config": config.to_dict(),
     }
     timings["total"] = sum(timings.values())
     manifest["timings"] = timings

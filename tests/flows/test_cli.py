@@ -173,6 +173,28 @@ def test_a_wrong_store_path_is_one_clear_line(run_cli, tmp_path):
     assert not (tmp_path / "x.parquet").exists()
 
 
+def test_a_run_with_nothing_to_do_says_so_in_one_line_without_starting_prefect(run_cli, world, cli_store,
+                                                                               config_path, tmp_path):
+    home, applied = tmp_path / "prefect-home", list_partitions(world)[:2]
+    data = tmp_path / "data"  # the world as it stood on the second day: every partition applied
+    shutil.copytree(world, data, ignore=lambda _, names: [n for n in names if n.startswith("date=")
+                                                          and n[5:] > applied[-1].isoformat()])
+    before = sorted(p.name for p in (cli_store / "versions").iterdir())
+    nightly = run_cli("nightly", "--data", data, "--store", cli_store, "--config", config_path, PREFECT_HOME=str(home))
+    assert nightly.returncode == 0, nightly.stderr
+    assert nightly.stdout.strip() == (f"nothing pending: every partition in {data} is applied (last {applied[-1]}, "
+                                      f"version 2); use --force to redo the latest step")
+    backfill = run_cli("backfill", "--data", world, "--store", cli_store, "--start", applied[0].isoformat(),
+                       "--end", applied[1].isoformat(), "--config", config_path, "--json", PREFECT_HOME=str(home))
+    assert backfill.returncode == 0, backfill.stderr
+    assert json.loads(backfill.stdout) == {
+        "changed": False, "version": 2,
+        "message": f"nothing to apply: the 2 partition(s) from {applied[0]} to {applied[1]} are already applied "
+                   f"(version 2)"}
+    assert not (home / "prefect.db").exists()
+    assert sorted(p.name for p in (cli_store / "versions").iterdir()) == before
+
+
 def test_a_damaged_store_is_one_clear_line_for_reads_and_runs(run_cli, world, store_copy, config_path):
     (store_copy / "CURRENT").write_text("garbage\n")
     _assert_one_error_line(run_cli("status", "--store", store_copy), "status", "CURRENT", "damaged pointer", alone=True)
@@ -188,6 +210,7 @@ def test_status_json_describes_the_store_after_a_run(run_cli, cli_store, world):
     assert [v["kind"] for v in status["versions"]] == ["full_retrain", "incremental"]
     assert status["last_partition"] == list_partitions(world)[1].isoformat()
     assert "recall@10" in status["versions"][1]["metrics"]
+    assert status["quarantined_rows"] == 0 and [v["quarantined"] for v in status["versions"]] == [0, 0]
 
 
 def test_export_writes_every_row_and_the_delta_since_a_version(run_cli, cli_store, tmp_path):

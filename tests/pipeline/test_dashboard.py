@@ -164,6 +164,7 @@ def test_header_names_the_current_version_and_whether_a_retrain_is_due(page, bac
     text = page.section_text("header")
     assert f"partition {manifest['partition']}" in text
     assert manifest["created_at"] in text
+    assert f"{manifest['quarantined_rows']:,} input rows quarantined" in text
     assert ("RETRAIN DUE" in text) == due
     reasons = manifest.get("drift", {}).get("reasons", "") if manifest["kind"] == "incremental" else ""
     held = not due and "cooldown:" in reasons

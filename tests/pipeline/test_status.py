@@ -1,10 +1,13 @@
 """`accrete status` on a real store: the version table and the retrain reasons, whatever shape a manifest stores."""
 from __future__ import annotations
 
+import datetime as dt
 import json
 import shutil
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from pipeline import contract
@@ -92,3 +95,30 @@ def test_status_describes_every_version_of_the_store(due_store):
     assert status["current"] == 2 and status["generation"] == 1
     assert [(v["version"], v["kind"]) for v in status["versions"]] == [(1, "full_retrain"), (2, "incremental")]
     assert status["versions"][0]["reasons"] == []  # a full retrain has no drift decision
+
+
+def test_a_retrain_version_shows_its_own_reason(store, due_store):
+    data = due_store.parent / "data"
+    run_full_retrain(data, store, contract.list_partitions(data)[1], config=TINY, reason=AGE_REASON)
+    status = store_status(store)
+    head = status["versions"][-1]
+    assert head["kind"] == "full_retrain" and head["retrain_reason"] == AGE_REASON
+    assert _notes(format_status(status)) == f"retrained: {AGE_REASON}"
+    assert status["versions"][0]["retrain_reason"] == "manual"
+
+
+def test_status_counts_the_rows_each_version_quarantined(store, due_store, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(due_store.parent / "data", data)
+    day = contract.list_partitions(data)[2]
+    noon = int(dt.datetime.combine(day, dt.time(12), dt.timezone.utc).timestamp())
+    bad = pa.table({"user_id": pa.array([None, "u-x"], pa.string()), "item_id": ["i-x", None],
+                    "timestamp": pa.array([noon, noon], pa.int64())})
+    pq.write_table(bad, data / "interactions" / f"date={day.isoformat()}" / "bad-rows.parquet")
+    run_incremental_step(data, store, config=TINY)
+    status = store_status(store)
+    assert [v["quarantined"] for v in status["versions"]] == [0, 0, 2] and status["quarantined_rows"] == 2
+    text = format_status(status)
+    assert "2 input rows quarantined in all" in text
+    assert text.splitlines()[-1].split()[9] == "2"  # the quar. column of the new version
+    assert pq.read_table(Store(store).version_dir(3) / "quarantine.parquet").num_rows == 2

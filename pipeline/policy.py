@@ -1,0 +1,75 @@
+"""The nightly policy as plain functions: which partitions a run applies, and which retrain the store owes.
+
+The Prefect flows, the CLI (which answers "nothing to do" without starting Prefect) and the benches use these,
+so a bench replays exactly what a nightly run would do.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+from pipeline import contract
+from pipeline.decision import fired_reasons
+from pipeline.store import Store
+
+
+def reasons_list(reasons: str | list[str] | None) -> list[str]:
+    """A decision's reasons as a list. Manifests store them joined by '; ' (`RetrainDecision.to_record`);
+    older ones hold a list. Both shapes are on disk."""
+    if isinstance(reasons, str):
+        return [reason for reason in reasons.split("; ") if reason]
+    return [str(reason) for reason in reasons or []]
+
+
+def retrain_reason(reasons: str | list[str] | None) -> str:
+    """A drift-triggered retrain's stated reason: what fired (triggers past patience, the age cap), without
+    the decision's notes on what did not ("waiting:", "cooldown:"); all of them if nothing else is left."""
+    listed = reasons_list(reasons)
+    return "; ".join(fired_reasons(listed) or listed)
+
+
+def owed_retrain(store_dir: str | Path) -> dict[str, Any] | None:
+    """A retrain the current version asked for but that never ran (the run crashed or was killed after the
+    step was published): {"date": ISO date, "reasons": [...]}; None when nothing is owed."""
+    store = Store(store_dir)
+    store.require_current()
+    manifest = store.manifest()
+    drift = manifest.get("drift") or {}
+    if manifest.get("kind") == "incremental" and drift.get("retrain"):
+        return {"date": manifest["partition"], "reasons": reasons_list(drift.get("reasons"))}
+    return None
+
+
+def applied_partitions(store_dir: str | Path) -> list[dt.date]:
+    """Every partition the current version has consumed, in date order."""
+    store = Store(store_dir)
+    store.require_current()
+    return sorted(dt.date.fromisoformat(d) for d in store.manifest()["partitions"])
+
+
+def pending_partitions(data_dir: str | Path, store_dir: str | Path) -> list[dt.date]:
+    """The data directory's partitions after the last applied one, in the order a nightly run applies them."""
+    applied = applied_partitions(store_dir)
+    return [d for d in contract.list_partitions(data_dir) if d > applied[-1]]
+
+
+def nothing_to_do(data_dir: str | Path, store_dir: str | Path, start: dt.date | None = None,
+                  end: dt.date | None = None) -> str | None:
+    """Why a nightly run (no range) or a backfill over [start, end] would change nothing, as one line; None when
+    it has work: a pending partition in range, or a retrain owed by the current version."""
+    store = Store(store_dir)
+    if owed_retrain(store_dir):
+        return None
+    applied = applied_partitions(store_dir)
+    version = store.current_version()
+    if start is None or end is None:
+        if pending_partitions(data_dir, store_dir):
+            return None
+        return (f"nothing pending: every partition in {data_dir} is applied (last {applied[-1]}, "
+                f"version {version}); use --force to redo the latest step")
+    in_range = [d for d in contract.list_partitions(data_dir) if start <= d <= end]
+    if set(in_range) - set(applied):
+        return None
+    return (f"nothing to apply: the {len(in_range)} partition(s) from {start} to {end} are already applied "
+            f"(version {version})")
