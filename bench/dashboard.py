@@ -33,8 +33,8 @@ def make_year_store(work: Path, days: int, seed: int, world: dict[str, int] = YE
     """Generate (once) a synthetic world of `days` daily partitions and backfill a store over all of it."""
     from pipeline import contract
     from pipeline.config import AccreteConfig
-    from pipeline.decision import fired_reasons
     from pipeline.incremental import run_full_retrain, run_incremental_step
+    from pipeline.policy import pending_partitions, retrain_reason
     from pipeline.store import Store
     from pipeline.synthetic import generate_world
 
@@ -47,15 +47,13 @@ def make_year_store(work: Path, days: int, seed: int, world: dict[str, int] = YE
     dates = contract.list_partitions(data)
     if not Store(store).exists():
         run_full_retrain(data, store, as_of=dates[0], config=config, reason="bootstrap")
-    applied = max(dt.date.fromisoformat(d) for d in Store(store).manifest()["partitions"])
-    pending = [d for d in dates if d > applied]
+    pending = pending_partitions(data, store)
     started = time.perf_counter()
     for i, date in enumerate(pending, 1):
         result = run_incremental_step(data, store, date, config=config)
         if result.retrain_due:
-            reasons = result.manifest["drift"]["reasons"]
             run_full_retrain(data, store, as_of=date, config=config,
-                             reason="; ".join(fired_reasons(reasons)) or str(reasons))
+                             reason=retrain_reason(result.manifest["drift"]["reasons"]))
         if i % 25 == 0 or i == len(pending):
             print(f"  backfilled {date} ({i}/{len(pending)}, {time.perf_counter() - started:.0f} s)", flush=True)
     return store

@@ -1,0 +1,70 @@
+"""The nightly policy on a real store: what is pending, which retrain is owed, when a run has nothing to do."""
+from __future__ import annotations
+
+import pytest
+
+from pipeline import contract
+from pipeline.config import AccreteConfig
+from pipeline.errors import StoreError
+from pipeline.incremental import run_full_retrain, run_incremental_step
+from pipeline.policy import (applied_partitions, nothing_to_do, owed_retrain, pending_partitions, reasons_list,
+                             retrain_reason)
+from pipeline.synthetic import generate_world
+
+DUE_NEXT_STEP = AccreteConfig().replace(model={"dim": 8}, drift={"max_days_since_full_retrain": 1})
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    data = tmp_path_factory.mktemp("policy") / "data"
+    generate_world(data, days=4, seed=3, initial_users=100, initial_items=60, new_users_per_day=4,
+                   new_items_per_day=2, interactions_per_day=200, initial_interactions=1000)
+    return data
+
+
+def test_a_fresh_store_has_every_later_partition_pending_and_owes_nothing(world, tmp_path):
+    dates = contract.list_partitions(world)
+    run_full_retrain(world, tmp_path / "store", dates[0], config=DUE_NEXT_STEP)
+    assert applied_partitions(tmp_path / "store") == dates[:1]
+    assert pending_partitions(world, tmp_path / "store") == dates[1:]
+    assert owed_retrain(tmp_path / "store") is None
+    assert nothing_to_do(world, tmp_path / "store") is None
+    assert nothing_to_do(world, tmp_path / "store", dates[0], dates[0]) == (
+        f"nothing to apply: the 1 partition(s) from {dates[0]} to {dates[0]} are already applied (version 1)")
+    assert nothing_to_do(world, tmp_path / "store", dates[0], dates[1]) is None
+
+
+def test_a_step_that_asks_for_a_retrain_leaves_it_owed_until_one_runs(world, tmp_path):
+    dates, store = contract.list_partitions(world), tmp_path / "store"
+    run_full_retrain(world, store, dates[0], config=DUE_NEXT_STEP)
+    step = run_incremental_step(world, store, dates[1], config=DUE_NEXT_STEP)
+    assert step.retrain_due
+    owed = owed_retrain(store)
+    assert owed == {"date": dates[1].isoformat(), "reasons": reasons_list(step.manifest["drift"]["reasons"])}
+    assert nothing_to_do(world, store, dates[0], dates[1]) is None  # the owed retrain is work
+    run_full_retrain(world, store, dates[1], config=DUE_NEXT_STEP, reason=retrain_reason(owed["reasons"]))
+    assert owed_retrain(store) is None
+
+
+def test_with_every_partition_applied_a_nightly_run_has_nothing_to_do(world, tmp_path):
+    dates, store = contract.list_partitions(world), tmp_path / "store"
+    run_full_retrain(world, store, dates[-1], config=DUE_NEXT_STEP)
+    assert pending_partitions(world, store) == []
+    assert nothing_to_do(world, store) == (f"nothing pending: every partition in {world} is applied (last {dates[-1]}, "
+                                           f"version 1); use --force to redo the latest step")
+
+
+def test_reasons_read_from_either_stored_shape_and_a_retrain_states_only_what_fired():
+    reasons = ["age: 9 days since last full retrain >= 7", "waiting: psi 0.3 > 0.25 for 1 step (patience 2)"]
+    assert reasons_list("; ".join(reasons)) == reasons == reasons_list(reasons)
+    assert reasons_list("") == [] == reasons_list(None)
+    assert retrain_reason(reasons) == reasons[0]
+    assert retrain_reason(reasons[1:]) == reasons[1]  # nothing fired: say what there was
+
+
+def test_a_missing_or_empty_store_is_a_store_error_naming_it(world, tmp_path):
+    with pytest.raises(StoreError, match="no such store directory"):
+        pending_partitions(world, tmp_path / "none")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(StoreError, match="accrete retrain --as-of"):
+        nothing_to_do(world, tmp_path / "empty")
