@@ -108,6 +108,12 @@ def _require_store(args: argparse.Namespace) -> None:
     Store(args.store).require_current()
 
 
+def _warn(command: str, result: dict[str, Any]) -> None:
+    """The run's warnings (settings it could not apply), one line each on stderr after its summary."""
+    for warning in result.get("warnings") or []:
+        print(f"accrete {command}: warning: {warning}", file=sys.stderr)
+
+
 def _nothing_to_do(args: argparse.Namespace, start: dt.date | None = None, end: dt.date | None = None) -> bool:
     """Say so in one line (on stdout, or as JSON) and start nothing when the run would change nothing."""
     from pipeline.policy import nothing_to_do
@@ -163,6 +169,7 @@ def cmd_nightly(args: argparse.Namespace) -> None:
     result = nightly(data=str(args.data), store=str(args.store),
                      date=args.date.isoformat() if args.date else None, force=args.force, config_path=args.config)
     _print(result, args.json)
+    _warn("nightly", result)
 
 
 def cmd_backfill(args: argparse.Namespace) -> None:
@@ -183,6 +190,7 @@ def cmd_backfill(args: argparse.Namespace) -> None:
     result = backfill(data=str(args.data), store=str(args.store), start=args.start.isoformat(),
                       end=args.end.isoformat(), config_path=args.config, progress_bar=not args.json)
     _print(result, args.json)
+    _warn("backfill", result)
 
 
 def cmd_export(args: argparse.Namespace) -> None:

@@ -216,6 +216,7 @@ def _step_summary(result: StepResult) -> dict[str, Any]:
         "retrain_due": bool(drift.get("retrain")) if incremental else False,
         "reasons": reasons_list(drift.get("reasons")) if incremental else [],
         "quarantined": quarantined_rows(manifest) if incremental else 0,
+        "warnings": list(manifest.get("warnings") or []) if incremental else [],
         "seconds": _finite((manifest.get("timings") or {}).get("total")) if incremental else 0.0,
     }
 
@@ -472,7 +473,7 @@ def _nightly_step(data: str, store: str, date: str | None, force: bool, config_p
         "retrained": bool(retrains), "retrain_version": retrains[-1]["version"] if retrains else None,
         "reasons": step["reasons"], "new_users": step["new_users"], "new_items": step["new_items"],
         "metrics": step["metrics"], "previous_metrics": previous.get("metrics", {}), "message": step["message"],
-        "quarantined": step["quarantined"],
+        "quarantined": step["quarantined"], "warnings": step["warnings"],
     }
     report_nightly({"date": step["date"], "step": step, "previous": previous, "retrains": retrains, "version": version})
     return summary
@@ -538,7 +539,7 @@ def backfill(start: str, end: str, data: str | Path = "data", store: str | Path 
     AccreteConfig.load(config_path)  # a bad setting is the user's mistake, not a failure of the first date
     dates = partitions_in_range(data, start, end)
     done = set(applied_partitions(store))
-    report: dict[str, Any] = {"applied": [], "skipped": [], "retrained": [], "quarantined": 0}
+    report: dict[str, Any] = {"applied": [], "skipped": [], "retrained": [], "quarantined": 0, "warnings": []}
     todo = [d for d in dates if d not in done]
     report["skipped"] = [d for d in dates if d in done]
     logger.info("%d partition(s) in range, %d already applied, %d to apply", len(dates), len(report["skipped"]),
@@ -560,6 +561,7 @@ def backfill(start: str, end: str, data: str | Path = "data", store: str | Path 
             if result["retrained"]:
                 report["retrained"].append(date)
             report["quarantined"] += result["quarantined"]
+            report["warnings"] += [w for w in result["warnings"] if w not in report["warnings"]]
             bar.update(1)
             bar.set_postfix(version=result["version"])
     report["skipped"].sort()

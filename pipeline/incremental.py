@@ -265,6 +265,27 @@ def recency_settings(config: AccreteConfig, anchor: dt.date) -> dict[str, Any]:
             "weight": float(model.recency_weight), "prior": float(model.recency_prior)}
 
 
+def generation_setting_changes(config: AccreteConfig, manifest: dict[str, Any], dim: int) -> list[str]:
+    """Settings the configuration changes that a nightly step cannot apply: they are fixed for a generation by
+    its full retrain (`dim`: the store's tables' width). One sentence each, naming the store's value."""
+    notes = []
+    if config.model.dim != dim:
+        notes.append(f"model.dim = {config.model.dim} in the configuration, but the store's tables have dim {dim}")
+    objective = manifest.get("objective")
+    if objective and config.model.objective != "auto" and config.model.objective != objective:
+        notes.append(f"model.objective = {config.model.objective!r} in the configuration, but this generation "
+                     f"trains {objective!r}")
+    stored = manifest.get("recency") if objective == "ials" else None
+    if stored:
+        configured = recency_settings(config, dt.date.fromisoformat(stored["anchor"]))
+        for key in ("half_life_days", "weight", "prior"):
+            if configured[key] != stored[key]:
+                notes.append(f"model.recency_{key} = {configured[key]:g} in the configuration, but this generation "
+                             f"uses {stored[key]:g}")
+    return [f"{note}: nightly steps keep the store's value until the next full retrain (`accrete retrain`)"
+            for note in notes]
+
+
 def _recency_arrivals(log_counts: np.ndarray, vocab: Vocabulary, first_row: int, settings: dict) -> np.ndarray:
     anchor = _seconds(dt.date.fromisoformat(settings["anchor"]))
     created = vocab.created[first_row:]
@@ -408,6 +429,9 @@ def _incremental(config: AccreteConfig, store: Store, state: ModelState, partiti
     state.item_bias = _grow(state.item_bias, n_items, float(np.mean(state.item_bias[1:n_old_items])) if n_old_items > 1 else 0.0)
 
     objective = parent_manifest["objective"]  # fixed for a generation by its full retrain
+    warnings = generation_setting_changes(config, parent_manifest, state.user_vectors.shape[1])
+    for warning in warnings:
+        progress(f"warning: {warning}")
     recency = parent_manifest.get("recency") if objective == "ials" else None
     if recency:
         log_counts = _recency_arrivals(state.reference["item_log_recency"], state.item_vocab, n_old_items, recency)
@@ -566,6 +590,7 @@ def _incremental(config: AccreteConfig, store: Store, state: ModelState, partiti
                         "interactions_total": interactions_total},
         "ingest": partition.report,
         "quarantined_rows": int(partition.quarantine.num_rows),
+        "warnings": warnings,
         "training": training,
         "config": config.to_dict(),
     }

@@ -9,6 +9,7 @@ from pipeline.errors import StoreError
 from pipeline.incremental import run_full_retrain, run_incremental_step
 from pipeline.policy import (applied_partitions, nothing_to_do, owed_retrain, pending_partitions, reasons_list,
                              retrain_reason)
+from pipeline.store import Store
 from pipeline.synthetic import generate_world
 
 DUE_NEXT_STEP = AccreteConfig().replace(model={"dim": 8}, drift={"max_days_since_full_retrain": 1})
@@ -68,3 +69,17 @@ def test_a_missing_or_empty_store_is_a_store_error_naming_it(world, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(StoreError, match="accrete retrain --as-of"):
         nothing_to_do(world, tmp_path / "empty")
+
+
+def test_a_nightly_step_names_the_settings_it_cannot_apply_and_keeps_the_stores(world, tmp_path):
+    dates, store = contract.list_partitions(world), tmp_path / "store"
+    run_full_retrain(world, store, dates[0], config=DUE_NEXT_STEP)
+    changed = DUE_NEXT_STEP.replace(model={"dim": 16, "recency_weight": 2.0})
+    step = run_incremental_step(world, store, dates[1], config=changed)
+    assert step.manifest["warnings"] == [
+        "model.dim = 16 in the configuration, but the store's tables have dim 8: nightly steps keep the store's "
+        "value until the next full retrain (`accrete retrain`)",
+        "model.recency_weight = 2 in the configuration, but this generation uses 5: nightly steps keep the "
+        "store's value until the next full retrain (`accrete retrain`)"]
+    assert Store(store).load().item_vectors.shape[1] == 8
+    assert run_incremental_step(world, store, dates[2], config=DUE_NEXT_STEP).manifest["warnings"] == []
