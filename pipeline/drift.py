@@ -218,7 +218,36 @@ def popularity_psi(reference_counts: np.ndarray, partition_rows: np.ndarray, n_b
     return population_stability_index(expected, actual, floor)
 
 
-def rating_histogram(ratings: np.ndarray, edges: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+#: Above this many distinct rating values a scale is treated as continuous: equal-width bins instead of one per value.
+MAX_RATING_LEVELS = 64
+CONTINUOUS_RATING_BINS = 20
+
+
+def rating_edges_for(ratings: np.ndarray) -> np.ndarray:
+    """Histogram edges for the rating scale seen in `ratings` (a full retrain's training data), so any scale
+    works (1-5 stars, half stars, 1-10, 0-100) without configuration.
+
+    A scale of at most `MAX_RATING_LEVELS` distinct values gets one bin per value, its edges halfway between
+    neighbours and half a step beyond the ends (half stars 0.5..5 give 0.25, 0.75, ..., 5.25, the same as
+    `DEFAULT_RATING_EDGES`; whole stars 1..5 give 0.5..5.5). More values: `CONTINUOUS_RATING_BINS` equal-width
+    bins over [min, max]. A value a later partition brings inside the range falls in a bin; one outside it is
+    a change of scale (`rating_histogram` raises, naming the fix).
+    """
+    levels = np.unique(np.asarray(ratings, dtype=np.float64).ravel())
+    levels = levels[np.isfinite(levels)]
+    if levels.size == 0:
+        return DEFAULT_RATING_EDGES
+    if levels.size == 1:
+        return np.array([levels[0] - 0.5, levels[0] + 0.5])
+    if levels.size > MAX_RATING_LEVELS:
+        return np.linspace(levels[0], levels[-1], CONTINUOUS_RATING_BINS + 1)
+    gaps = np.diff(levels)
+    middle = levels[:-1] + gaps / 2
+    return np.concatenate([[levels[0] - gaps[0] / 2], middle, [levels[-1] + gaps[-1] / 2]])
+
+
+def rating_histogram(ratings: np.ndarray, edges: np.ndarray | None = None, *,
+                     source: str = "rating") -> tuple[np.ndarray, np.ndarray]:
     """Counts of ratings over fixed bins, so histograms of different days are comparable and summable.
 
     Bins are ``[edges[k], edges[k+1])``, the last one closed on the right (``numpy.histogram``).
@@ -229,13 +258,14 @@ def rating_histogram(ratings: np.ndarray, edges: np.ndarray | None = None) -> tu
     Args:
         ratings: the partition's ratings.
         edges: increasing bin edges; None for `DEFAULT_RATING_EDGES`.
+        source: where the ratings come from (a partition), named in the error.
 
     Returns:
         ``(counts, edges)``: int64 counts of length ``len(edges) - 1``, and the edges used.
 
     Raises:
-        DataContractError: a rating is NaN or outside ``[edges[0], edges[-1]]`` (another rating scale:
-            pass edges that cover it). Silently dropping it would hide the problem and bias the metric.
+        DataContractError: a rating is NaN or outside ``[edges[0], edges[-1]]`` (another rating scale: the
+            message names the fix). Silently dropping it would hide the problem and bias the metric.
     """
     edges = DEFAULT_RATING_EDGES if edges is None else np.asarray(edges, dtype=np.float64)
     if edges.ndim != 1 or edges.size < 2 or np.any(np.diff(edges) <= 0):
@@ -245,8 +275,9 @@ def rating_histogram(ratings: np.ndarray, edges: np.ndarray | None = None) -> tu
     if outside.any():
         bad = values[outside]
         raise DataContractError(
-            f"rating: {bad.size} value(s) outside the drift histogram range [{edges[0]:g}, {edges[-1]:g}] "
-            f"(first: {float(bad[0])!r}); the rating scale does not match the histogram edges")
+            f"{source}: {bad.size} rating(s) outside the scale [{edges[0]:g}, {edges[-1]:g}] of the drift histogram "
+            f"(first: {float(bad[0])!r}); if the rating scale changed, run `accrete retrain` (a full retrain learns "
+            f"the scale from the data), or set drift.rating_edges in the configuration to cover it")
     counts, _ = np.histogram(values, bins=edges)
     return counts.astype(np.int64), edges
 
@@ -386,8 +417,10 @@ class DriftInputs:
         ratings: rating per interaction; None for implicit feedback.
         reference_user_counts, reference_item_counts: interactions per row in the reference window
             (indexed by row; rows beyond their length count as outside the reference).
-        reference_rating_hist: `rating_histogram` counts of the reference window (default edges);
+        reference_rating_hist: `rating_histogram` counts of the reference window over `rating_edges`;
             None for implicit feedback.
+        rating_edges: the histogram edges of this generation (learned at its full retrain); None: the
+            configuration's `rating_edges`, else `DEFAULT_RATING_EDGES`.
         recall_history: prequential Recall@10 per step since the last full retrain, oldest first, the
             first entry being the level just after the retrain and the last this step's.
         user_rows_total, item_rows_total: ID rows in the vocabularies (row 0 excluded).
@@ -419,6 +452,7 @@ class DriftInputs:
     days_since_retrain: int
     item_vectors: np.ndarray
     item_added_since_retrain: np.ndarray
+    rating_edges: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.user_rows)
@@ -454,8 +488,10 @@ def compute_drift_metrics(inputs: DriftInputs, config: DriftConfig) -> dict[str,
     if inputs.ratings is None or inputs.reference_rating_hist is None:
         js = math.nan
     else:
-        edges = None if config.rating_edges is None else np.asarray(config.rating_edges, np.float64)
-        partition_hist, _ = rating_histogram(inputs.ratings, edges)
+        edges = inputs.rating_edges
+        if edges is None and config.rating_edges is not None:
+            edges = np.asarray(config.rating_edges, np.float64)
+        partition_hist, _ = rating_histogram(inputs.ratings, edges, source=f"partition {inputs.date}")
         js = rating_js_divergence(inputs.reference_rating_hist, partition_hist, min_interactions)
     history = np.asarray(inputs.recall_history, dtype=np.float64)
     return {

@@ -234,7 +234,17 @@ def _interaction_arrays(interactions: pa.Table, user_vocab: Vocabulary, item_voc
     return users[keep], items[keep], ratings[keep]
 
 
-def _rating_edges(config: AccreteConfig) -> np.ndarray | None:
+def _rating_edges(config: AccreteConfig, ratings: np.ndarray) -> np.ndarray:
+    """A generation's rating histogram edges: the configuration's, else learned from its training ratings."""
+    edges = config.drift.rating_edges
+    return drift_mod.rating_edges_for(ratings) if edges is None else np.asarray(edges, np.float64)
+
+
+def _stored_rating_edges(config: AccreteConfig, reference: dict[str, np.ndarray]) -> np.ndarray | None:
+    """The edges a nightly step uses: its generation's (stores written before they were kept: the configuration's
+    or the default)."""
+    if "rating_edges" in reference:
+        return reference["rating_edges"]
     edges = config.drift.rating_edges
     return None if edges is None else np.asarray(edges, np.float64)
 
@@ -534,6 +544,7 @@ def _incremental(config: AccreteConfig, store: Store, state: ModelState, partiti
     reference_users = _grow(ref["user_counts"], n_users)
     reference_items = _grow(ref["item_counts"], n_items)
     reference_ratings = ref.get("rating_hist")
+    rating_edges = _stored_rating_edges(config, ref)
     partition_ratings = ratings if partition.has_ratings else None
     measured = metrics.get("users", 0) >= config.drift.min_evaluated_users
     recall_history = [*drift_state.get("recall_history", []),
@@ -556,7 +567,7 @@ def _incremental(config: AccreteConfig, store: Store, state: ModelState, partiti
         item_rows_added_since_retrain=n_items - rows_at_retrain["item"],
         interactions_since_retrain=interactions_since, interactions_total=interactions_total,
         days_since_retrain=(date - retrain_date).days,
-        item_vectors=state.item_vectors, item_added_since_retrain=item_added)
+        item_vectors=state.item_vectors, item_added_since_retrain=item_added, rating_edges=rating_edges)
     drift_metrics = drift_mod.compute_drift_metrics(drift_inputs, config.drift)
     verdict = decision_mod.decide(drift_metrics, previous_streaks=drift_state.get("streaks", {}),
                                   days_since_full_retrain=(date - retrain_date).days, config=config.drift)
@@ -565,8 +576,10 @@ def _incremental(config: AccreteConfig, store: Store, state: ModelState, partiti
     state.reference = {"user_counts": reference_users, "item_counts": reference_items}
     if recency:
         state.reference["item_log_recency"] = log_counts
+    if "rating_edges" in ref:
+        state.reference["rating_edges"] = ref["rating_edges"]
     if partition.has_ratings:
-        hist = drift_mod.rating_histogram(ratings, _rating_edges(config))[0]
+        hist = drift_mod.rating_histogram(ratings, rating_edges, source=f"partition {date}")[0]
         state.reference["rating_hist"] = hist if reference_ratings is None else reference_ratings + hist
     timings["drift"] = time.perf_counter() - clock
 
@@ -744,7 +757,9 @@ def _full_retrain(config: AccreteConfig, data_dir: Path, store: Store, as_of: dt
     if recency:
         state.reference["item_log_recency"] = log_counts
     if has_ratings:
-        state.reference["rating_hist"] = drift_mod.rating_histogram(r_ratings, _rating_edges(config))[0]
+        state.reference["rating_edges"] = _rating_edges(config, ratings)
+        state.reference["rating_hist"] = drift_mod.rating_histogram(r_ratings, state.reference["rating_edges"],
+                                                                    source=f"training data as of {as_of}")[0]
     timings["reservoir"] = time.perf_counter() - clock
 
     version = (current.version + 1) if current else 1

@@ -21,6 +21,7 @@ from pipeline.drift import (
     popularity_psi,
     population_stability_index,
     quality_ratio,
+    rating_edges_for,
     rating_histogram,
     rating_js_divergence,
     share_new,
@@ -223,8 +224,29 @@ def test_rating_histogram_puts_each_half_star_in_its_own_default_bin():
 
 
 def test_rating_histogram_names_the_rating_field_when_a_value_is_off_scale():
-    with pytest.raises(DataContractError, match=r"rating: 2 value\(s\) outside .*first: 7\.0"):
+    with pytest.raises(DataContractError, match=r"rating: 2 rating\(s\) outside .*first: 7\.0.*accrete retrain"):
         rating_histogram(np.array([4.0, 7.0, np.nan]))
+
+
+@pytest.mark.parametrize("levels, expected", [
+    (np.arange(1, 11), np.arange(0.5, 11.0)),                  # 1-10
+    (np.arange(1, 6), np.arange(0.5, 6.0)),                    # whole stars
+    (np.arange(0.5, 5.01, 0.5), np.arange(0.25, 5.26, 0.5)),   # half stars: the default edges
+    (np.array([3.0]), np.array([2.5, 3.5])),                   # one value
+], ids=["1-10", "1-5", "half-stars", "one-value"])
+def test_rating_edges_learned_from_the_data_put_each_level_of_its_scale_in_its_own_bin(levels, expected):
+    ratings = np.repeat(levels, 3)
+    edges = rating_edges_for(ratings)
+    np.testing.assert_allclose(edges, expected)
+    counts, _ = rating_histogram(ratings, edges)
+    assert counts.tolist() == [3] * len(levels)
+
+
+def test_a_continuous_rating_scale_gets_equal_width_bins_over_its_range():
+    ratings = np.linspace(0.0, 100.0, 1000)
+    edges = rating_edges_for(ratings)
+    assert len(edges) == 21 and edges[0] == 0.0 and edges[-1] == 100.0
+    assert rating_histogram(ratings, edges)[0].sum() == 1000
 
 
 def test_rating_histogram_accepts_custom_edges():
