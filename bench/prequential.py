@@ -3,7 +3,7 @@ step and ablations, with every setting chosen on a tuning range of weeks that pr
 
     python bench/prequential.py [--movielens ../shared/data/ml-latest-small]
                                 [--tune-start 2016-01-01] [--start 2017-01-01] [--end 2019-01-01]
-                                [--variants accrete,full_retrain,no_decay,frozen_users,rating_objective]
+                                [--variants accrete,accrete_fixed,full_retrain,no_decay,frozen_users,rating_objective]
                                 [--max-steps N] [--tune-weeks N] [--work DIR] [--json-out F]
 
 Protocol (every model and baseline, the same weeks): week D is scored before anything trains on it; each
@@ -197,7 +197,7 @@ def check_targets(summary: dict[str, dict], decayed: str, changed: dict[str, int
 
 def ablations(config: AccreteConfig) -> dict[str, AccreteConfig]:
     return {
-        "no_decay": config.replace(model={"recency_weight": 0.0}),
+        "no_decay": config.replace(model={"recency_weight": 0.0, "recency_weight_candidates": ()}),
         "frozen_users": config.replace(model={"user_policy": "frozen"}),
         "rating_objective": config.replace(model={"objective": "rating"}),
     }
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tune-start", type=dt.date.fromisoformat, default=dt.date(2016, 1, 1))
     parser.add_argument("--start", type=dt.date.fromisoformat, default=dt.date(2017, 1, 1))
     parser.add_argument("--end", type=dt.date.fromisoformat, default=None)
-    parser.add_argument("--variants", default="accrete,full_retrain,no_decay,frozen_users,rating_objective")
+    parser.add_argument("--variants", default="accrete,accrete_fixed,full_retrain,no_decay,frozen_users,rating_objective")
     parser.add_argument("--max-steps", type=int, default=None, help="scored weeks (default: all)")
     parser.add_argument("--tune-weeks", type=int, default=None, help="tuning weeks (default: all)")
     parser.add_argument("--weights", default=",".join(f"{w:g}" for w in WEIGHTS),
@@ -244,8 +244,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\ntuning: bootstrap full retrain before {tune_dates[0]}: {seconds:.1f} s; decayed popularity "
           f"half-life {half_life:g} d; Accrete weights {args.weights} at that half-life")
     weights = [float(w) for w in args.weights.split(",") if w]
+    auto = base.replace(model={"recency_half_life_days": half_life})
+    bootstrap(data, work / "boot-tune", tune_dates[0], auto)
+    tune_results["accrete auto weight"], _ = run_variant("auto", auto, data, work / "store-tune", work / "boot-tune",
+                                                         tune_dates, verbose=False)
     for weight in weights:
-        config = base.replace(model={"recency_weight": weight, "recency_half_life_days": half_life})
+        config = base.replace(model={"recency_weight": weight, "recency_half_life_days": half_life,
+                                     "recency_weight_candidates": ()})
         bootstrap(data, work / "boot-tune", tune_dates[0], config)
         rows, _ = run_variant(f"w={weight:g}", config, data, work / "store-tune", work / "boot-tune", tune_dates,
                               verbose=False)
@@ -253,20 +258,23 @@ def main(argv: list[str] | None = None) -> int:
     tune_summary = summarize(tune_results)
     print_table(f"TUNING RANGE ({tune_dates[0]} .. {tune_dates[-1]}, {len(tune_dates)} weeks)", tune_summary)
     best_weight = max(weights, key=lambda w: tune_summary[f"accrete weight={w:g}"]["recall@10"])
-    tuned = base.replace(model={"recency_weight": best_weight, "recency_half_life_days": half_life})
+    tuned = base.replace(model={"recency_weight": best_weight, "recency_half_life_days": half_life,
+                                "recency_weight_candidates": ()})
     print(f"\nchosen on the tuning range: decayed-popularity half-life {half_life:g} d, Accrete recency_weight "
           f"{best_weight:g} (defaults: {base.model.recency_half_life_days:g} d, {base.model.recency_weight:g})")
 
     # 2. Scored range.
-    seconds = bootstrap(data, work / "boot", args.start, tuned)
-    print(f"\nscored range: bootstrap full retrain before {args.start}: {seconds:.1f} s")
-    configs = {"accrete": tuned, "full_retrain": tuned, **ablations(tuned)}
+    seconds = bootstrap(data, work / "boot", args.start, auto)
+    chosen = Store(work / "boot").manifest()["recency"]
+    print(f"\nscored range: bootstrap full retrain before {args.start}: {seconds:.1f} s; it chose recency weight "
+          f"{chosen['weight']:g} on its own last periods ({(chosen.get('weight_tuning') or {}).get('periods')} weeks)")
+    configs = {"accrete": auto, "accrete_fixed": tuned, "full_retrain": auto, **ablations(auto)}
     results, changed = {}, {}
     for name in [v for v in args.variants.split(",") if v]:
         if name not in configs:
             parser.error(f"unknown variant {name!r}; choose from {', '.join(configs)}")
         boot = work / "boot"
-        if configs[name] != tuned:  # objective and score term are fixed per generation: its own bootstrap
+        if configs[name] != auto:  # objective and score term are fixed per generation: its own bootstrap
             boot = work / f"boot-{name}"
             bootstrap(data, boot, args.start, configs[name])
         results[name], count = run_variant(name, configs[name], data, work / f"store-{name}", boot, dates,

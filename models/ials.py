@@ -80,6 +80,55 @@ def solve(opposite: np.ndarray, observed: sp.csr_matrix, *, alpha: float, l2: fl
     return solved.astype(np.float32)
 
 
+def fold(user_vectors: np.ndarray, item_vectors: np.ndarray, *, users: np.ndarray, items: np.ndarray,
+         history_users: np.ndarray, history_items: np.ndarray, n_old_users: int, n_old_items: int, alpha: float,
+         l2: float, refold_active: bool) -> dict[str, float | int]:
+    """One nightly iALS step, in place: closed-form solves of the new item rows (`n_old_items ..`) and of the new
+    (and, when `refold_active`, the active existing) users against tables that do not move. Item rows below
+    `n_old_items` are never written. Order, one ALS alternation: new items against the trained users, then the
+    users against every item (from their whole history: `history_*` plus this period's `users`/`items`), then
+    the new items again against the updated users. An item without interactions keeps its row.
+
+    Returns: users_refolded, users_folded_in, items_folded_in, user_cosine_shift (mean 1 - cosine between a
+    refolded user's vector before and after; NaN when none).
+    """
+    n_users, n_items = len(user_vectors), len(item_vectors)
+    n_new_items = n_items - n_old_items
+
+    def fold_new_items(pair_users: np.ndarray, pair_items: np.ndarray) -> None:
+        keep = pair_items >= n_old_items
+        if n_new_items and keep.any():
+            observed = interaction_matrix(pair_items[keep] - n_old_items, pair_users[keep], (n_new_items, n_users))
+            solved = solve(user_vectors, observed, alpha=alpha, l2=l2)
+            has = np.diff(observed.indptr) > 0
+            item_vectors[n_old_items:][has] = solved[has]
+
+    trained_users = users < n_old_users
+    fold_new_items(users[trained_users], items[trained_users])
+    solved_users = np.unique(users) if refold_active else np.unique(users[users >= n_old_users])
+    solved_users = solved_users[solved_users > 0]
+    previous = user_vectors[solved_users].copy()
+    if len(solved_users):
+        all_users = np.concatenate([history_users, users])
+        all_items = np.concatenate([history_items, items])
+        local = np.full(n_users, -1, np.int64)
+        local[solved_users] = np.arange(len(solved_users))
+        mine = (local[all_users] >= 0) & (all_items > 0)
+        observed = interaction_matrix(local[all_users[mine]], all_items[mine], (len(solved_users), n_items))
+        user_vectors[solved_users] = solve(item_vectors, observed, alpha=alpha, l2=l2)
+    fold_new_items(users, items)
+    existing = solved_users < n_old_users
+    shift = float("nan")
+    if existing.any():
+        before = previous[existing].astype(np.float64)
+        after = user_vectors[solved_users[existing]].astype(np.float64)
+        norms = np.linalg.norm(before, axis=1) * np.linalg.norm(after, axis=1)
+        cosine = np.einsum("ij,ij->i", before, after)[norms > 0] / norms[norms > 0]
+        shift = float(np.mean(1.0 - cosine)) if len(cosine) else float("nan")
+    return {"users_refolded": int(existing.sum()), "users_folded_in": int((~existing).sum()),
+            "items_folded_in": int(len(np.unique(items[items >= n_old_items]))), "user_cosine_shift": shift}
+
+
 def _check(alpha: float, l2: float) -> None:
     if not alpha > 0:
         raise ValueError(f"iALS needs alpha > 0, got {alpha}")

@@ -53,10 +53,18 @@ class ModelConfig:
     user_policy: str = "refold_active"
     # iALS score term `recency_weight * log(time-decayed interaction count)` per item (pipeline/recency.py),
     # recomputed every night with vectors frozen. Half-life tuned on MovieLens 2016 (docs/quality.md);
-    # a new item starts with `recency_prior` pseudo-interactions on its arrival day. Weight 0 turns it off.
+    # a new item starts with `recency_prior` pseudo-interactions on its arrival day, or, when
+    # `recency_prior_learned`, with the time-decayed mean count of earlier arrivals in their first period
+    # (`recency_prior` until an item has arrived). Weight 0 turns the term off.
     recency_half_life_days: float = 120.0
     recency_weight: float = 5.0
     recency_prior: float = 1.0
+    recency_prior_learned: bool = True
+    # Each full retrain picks `recency_weight` from these candidates by replaying its own most recent periods
+    # (pipeline/tuning.py; at least `recency_tune_min_users` evaluated users); empty: always `recency_weight`,
+    # which is also the fallback when the data is too short to tune on.
+    recency_weight_candidates: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 5.0)
+    recency_tune_min_users: int = 200
     use_bias: bool = True
     # "frozen": biases freeze with their rows (measured best on MovieLens, and a delta export then holds
     # only the new rows). "trainable": every row's bias trains, so old items can follow popularity shifts
@@ -183,7 +191,7 @@ class AccreteConfig:
             unknown = set(values) - known
             if unknown:
                 raise ConfigError(f"{source}: unknown key(s) {sorted(unknown)} in [{name}]")
-            for key in ("ks", "rating_edges"):
+            for key in ("ks", "rating_edges", "recency_weight_candidates"):
                 if values.get(key) is not None:
                     values = {**values, key: tuple(values[key])}
             built[name] = section_cls(**values)
@@ -213,6 +221,9 @@ class AccreteConfig:
             (self.model.recency_half_life_days > 0, "[model] recency_half_life_days must be > 0"),
             (self.model.recency_weight >= 0 and self.model.recency_prior >= 0,
              "[model] recency_weight and recency_prior must be >= 0"),
+            (all(w >= 0 for w in self.model.recency_weight_candidates),
+             "[model] recency_weight_candidates must all be >= 0"),
+            (self.model.recency_tune_min_users >= 1, "[model] recency_tune_min_users must be >= 1"),
             (self.model.dim > 0, "[model] dim must be positive"),
             (self.model.warmup_days >= 0, "[model] warmup_days must be >= 0"),
             (0.0 <= self.model.frozen_lr_multiplier <= 1.0, "[model] frozen_lr_multiplier must be in [0, 1]"),

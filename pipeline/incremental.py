@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse as sp
 
-from pipeline import contract, decision as decision_mod, drift as drift_mod, evaluation, recency as recency_mod
+from pipeline import contract, decision as decision_mod, drift as drift_mod, evaluation, recency as recency_mod, tuning
 from pipeline.config import AccreteConfig
 from pipeline.errors import PartitionOrderError, StoreError
 from pipeline.faults import maybe_fail
@@ -272,7 +272,8 @@ def recency_settings(config: AccreteConfig, anchor: dt.date) -> dict[str, Any]:
     """The time-aware term's settings, fixed for a generation by its full retrain (kept in its manifest)."""
     model = config.model
     return {"anchor": anchor.isoformat(), "half_life_days": float(model.recency_half_life_days),
-            "weight": float(model.recency_weight), "prior": float(model.recency_prior)}
+            "weight": float(model.recency_weight), "prior": float(model.recency_prior),
+            "prior_learned": bool(model.recency_prior_learned)}
 
 
 def generation_setting_changes(config: AccreteConfig, manifest: dict[str, Any], dim: int) -> list[str]:
@@ -288,20 +289,73 @@ def generation_setting_changes(config: AccreteConfig, manifest: dict[str, Any], 
     stored = manifest.get("recency") if objective == "ials" else None
     if stored:
         configured = recency_settings(config, dt.date.fromisoformat(stored["anchor"]))
-        for key in ("half_life_days", "weight", "prior"):
-            if configured[key] != stored[key]:
-                notes.append(f"model.recency_{key} = {configured[key]:g} in the configuration, but this generation "
-                             f"uses {stored[key]:g}")
+        for key in ("half_life_days", "weight", "prior", "prior_learned"):
+            if configured[key] != stored.get(key, False):
+                notes.append(f"model.recency_{key} = {_setting(configured[key])} in the configuration, but this "
+                             f"generation uses {_setting(stored.get(key, False))}")
     return [f"{note}: nightly steps keep the store's value until the next full retrain (`accrete retrain`)"
             for note in notes]
 
 
-def _recency_arrivals(log_counts: np.ndarray, vocab: Vocabulary, first_row: int, settings: dict) -> np.ndarray:
+def _setting(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else f"{value:g}"
+
+
+def _arrival_prior(settings: dict, reference: dict[str, np.ndarray]) -> float:
+    """The pseudo-interactions a new item starts with: learned from earlier arrivals, or the configured value."""
+    if not settings.get("prior_learned"):
+        return settings["prior"]
+    return recency_mod.learned_prior(reference.get("arrival_sums"), settings["prior"])
+
+
+def _recency_arrivals(log_counts: np.ndarray, vocab: Vocabulary, first_row: int, settings: dict,
+                      prior: float) -> np.ndarray:
     anchor = _seconds(dt.date.fromisoformat(settings["anchor"]))
     created = vocab.created[first_row:]
     created_s = np.where(np.isnat(created), anchor, _seconds(created))  # row 0 (no date) is never scored
-    return recency_mod.add_arrivals(log_counts, first_row, created_s, prior=settings["prior"], anchor_s=anchor,
+    return recency_mod.add_arrivals(log_counts, first_row, created_s, prior=prior, anchor_s=anchor,
                                     half_life_days=settings["half_life_days"])
+
+
+def _first_period_sums(vocab: Vocabulary, items: np.ndarray, times: np.ndarray, settings: dict, freq: str,
+                       since: dt.date) -> np.ndarray:
+    """`recency.cohort_sums` over the items created after `since` (the first training partition, whose items
+    are the catalogue so far rather than a cohort): their interactions within their first period."""
+    created = vocab.created
+    eligible = ~np.isnat(created) & (created > np.datetime64(since, "D"))
+    created_s = np.where(eligible, _seconds(np.where(eligible, created, np.datetime64(since, "D"))), 0.0)
+    ends = {day: _seconds(contract.period_end(day.astype(object), freq)) for day in np.unique(created[eligible])}
+    end_s = np.zeros(len(created))
+    for day, end in ends.items():
+        end_s[created == day] = end
+    first = eligible[items] & (times >= created_s[items]) & (times < end_s[items])
+    counts = np.bincount(items[first], minlength=len(created))
+    return recency_mod.cohort_sums(created_s[eligible], counts[eligible],
+                                   anchor_s=_seconds(dt.date.fromisoformat(settings["anchor"])),
+                                   half_life_days=settings["half_life_days"])
+
+
+def _choose_recency_weight(config: AccreteConfig, training_data: pa.Table, user_vocab: Vocabulary,
+                           item_vocab: Vocabulary, train_dates: list[dt.date], settings: dict, prior: float, *,
+                           seed: int) -> tuning.WeightChoice:
+    """`pipeline.tuning.choose_recency_weight` on a full retrain's training data."""
+    users = user_vocab.lookup(training_data["user_id"])
+    items = item_vocab.lookup(training_data["item_id"])
+    times = training_data["timestamp"].to_numpy().astype(np.float64)
+    keep = (users > 0) & (items > 0)
+    first = _seconds(min(train_dates))
+
+    def created(vocab: Vocabulary) -> np.ndarray:
+        days = vocab.created
+        return np.where(np.isnat(days), -np.inf, _seconds(np.where(np.isnat(days), np.datetime64(0, "D"), days)))
+
+    model = config.model
+    return tuning.choose_recency_weight(
+        users[keep], items[keep], times[keep], period_starts=_seconds(np.array(sorted(train_dates), "datetime64[D]")),
+        user_created=np.maximum(created(user_vocab), first - 1), item_created=np.maximum(created(item_vocab), first - 1),
+        candidates=model.recency_weight_candidates, min_users=model.recency_tune_min_users,
+        half_life_days=settings["half_life_days"], prior=prior, dim=model.dim, alpha=model.ials_alpha, l2=model.ials_l2,
+        iterations=model.ials_iterations, seed=seed, refold_active=model.user_policy == "refold_active")
 
 
 def _recency_add(log_counts: np.ndarray, items: np.ndarray, times: np.ndarray, settings: dict) -> np.ndarray:
@@ -311,53 +365,15 @@ def _recency_add(log_counts: np.ndarray, items: np.ndarray, times: np.ndarray, s
 
 def _ials_fold(config: AccreteConfig, state: ModelState, *, users: np.ndarray, items: np.ndarray,
                history_users: np.ndarray, history_items: np.ndarray, n_old_users: int, n_old_items: int) -> dict[str, Any]:
-    """The nightly iALS step: closed-form solves of the new item rows and of the new (and, under
-    `refold_active`, the active existing) users, against tables that do not move. Existing item rows are
-    never written. Order, one ALS alternation: new items against the trained users, then users against
-    every item, then the new items again against the updated users."""
+    """The nightly iALS step (`models.ials.fold`) on the state's tables: existing item rows are never written."""
     from models import ials
 
-    model = config.model
-    n_users, n_items = len(state.user_vectors), len(state.item_vectors)
-    n_new_items = n_items - n_old_items
-    solve = {"alpha": model.ials_alpha, "l2": model.ials_l2}
     clock = time.perf_counter()
-
-    def fold_new_items(pair_users: np.ndarray, pair_items: np.ndarray) -> None:
-        keep = pair_items >= n_old_items
-        if n_new_items and keep.any():
-            observed = ials.interaction_matrix(pair_items[keep] - n_old_items, pair_users[keep], (n_new_items, n_users))
-            solved = ials.solve(state.user_vectors, observed, **solve)
-            has = np.diff(observed.indptr) > 0
-            state.item_vectors[n_old_items:][has] = solved[has]  # an item without interactions keeps its cold row
-
-    trained_users = users < n_old_users
-    fold_new_items(users[trained_users], items[trained_users])
-    if model.user_policy == "refold_active":
-        solved_users = np.unique(users)
-    else:
-        solved_users = np.unique(users[users >= n_old_users])
-    solved_users = solved_users[solved_users > 0]
-    previous = state.user_vectors[solved_users].copy()
-    if len(solved_users):
-        all_users = np.concatenate([history_users, users])
-        all_items = np.concatenate([history_items, items])
-        local = np.full(n_users, -1, np.int64)
-        local[solved_users] = np.arange(len(solved_users))
-        mine = (local[all_users] >= 0) & (all_items > 0)
-        observed = ials.interaction_matrix(local[all_users[mine]], all_items[mine], (len(solved_users), n_items))
-        state.user_vectors[solved_users] = ials.solve(state.item_vectors, observed, **solve)
-    fold_new_items(users, items)
-    existing = solved_users < n_old_users
-    shift = float("nan")
-    if existing.any():
-        before, after = previous[existing].astype(np.float64), state.user_vectors[solved_users[existing]].astype(np.float64)
-        norms = np.linalg.norm(before, axis=1) * np.linalg.norm(after, axis=1)
-        cosine = np.einsum("ij,ij->i", before, after)[norms > 0] / norms[norms > 0]
-        shift = float(np.mean(1.0 - cosine)) if len(cosine) else float("nan")
-    return {"users_refolded": int(existing.sum()), "users_folded_in": int((~existing).sum()),
-            "items_folded_in": int(len(np.unique(items[items >= n_old_items]))),
-            "user_cosine_shift": shift, "seconds": time.perf_counter() - clock}
+    facts = ials.fold(state.user_vectors, state.item_vectors, users=users, items=items, history_users=history_users,
+                      history_items=history_items, n_old_users=n_old_users, n_old_items=n_old_items,
+                      alpha=config.model.ials_alpha, l2=config.model.ials_l2,
+                      refold_active=config.model.user_policy == "refold_active")
+    return {**facts, "seconds": time.perf_counter() - clock}
 
 
 # ----- the incremental step ---------------------------------------------------------------------------
@@ -444,7 +460,9 @@ def _incremental(config: AccreteConfig, store: Store, state: ModelState, partiti
         progress(f"warning: {warning}")
     recency = parent_manifest.get("recency") if objective == "ials" else None
     if recency:
-        log_counts = _recency_arrivals(state.reference["item_log_recency"], state.item_vocab, n_old_items, recency)
+        arrival_sums = state.reference.get("arrival_sums")
+        log_counts = _recency_arrivals(state.reference["item_log_recency"], state.item_vocab, n_old_items, recency,
+                                       _arrival_prior(recency, state.reference))
         state.item_bias = recency_mod.score_term(log_counts, recency["weight"])
 
     history = store.read_history(applied)
@@ -527,6 +545,12 @@ def _incremental(config: AccreteConfig, store: Store, state: ModelState, partiti
             item_rows, item_times = _item_times(partition.interactions, state.item_vocab)
             log_counts = _recency_add(log_counts, item_rows, item_times, recency)
             state.item_bias = recency_mod.score_term(log_counts, recency["weight"])
+            if recency.get("prior_learned") and n_new_items:
+                cohort = recency_mod.cohort_sums(
+                    np.full(n_new_items, _seconds(date)), np.bincount(item_rows, minlength=n_items)[n_old_items:],
+                    anchor_s=_seconds(dt.date.fromisoformat(recency["anchor"])),
+                    half_life_days=recency["half_life_days"])
+                arrival_sums = cohort if arrival_sums is None else arrival_sums + cohort
     elif config.train.epochs > 0 and len(train_users):
         progress(f"training on {len(users):,} new + {len(r_users):,} replayed interactions")
         training.update(_train(config, state, objective, user_trainable_from=user_from, item_trainable_from=item_from,
@@ -576,6 +600,8 @@ def _incremental(config: AccreteConfig, store: Store, state: ModelState, partiti
     state.reference = {"user_counts": reference_users, "item_counts": reference_items}
     if recency:
         state.reference["item_log_recency"] = log_counts
+        if arrival_sums is not None:
+            state.reference["arrival_sums"] = arrival_sums
     if "rating_edges" in ref:
         state.reference["rating_edges"] = ref["rating_edges"]
     if partition.has_ratings:
@@ -737,7 +763,17 @@ def _full_retrain(config: AccreteConfig, data_dir: Path, store: Store, as_of: dt
             seed=_seed_for(config.model.seed, as_of, 4) % (2**31))
         recency = recency_settings(config, as_of)
         item_rows, item_times = _item_times(training_data, item_vocab)
-        log_counts = _recency_add(_recency_arrivals(np.zeros(0), item_vocab, 0, recency), item_rows, item_times, recency)
+        arrival_sums = (_first_period_sums(item_vocab, item_rows, item_times, recency, freq, min(train_dates))
+                        if recency["prior_learned"] else None)
+        prior = recency_mod.learned_prior(arrival_sums, recency["prior"]) if recency["prior_learned"] else recency["prior"]
+        if config.model.recency_weight_candidates:
+            progress("choosing the recency weight on the most recent periods")
+            choice = _choose_recency_weight(config, training_data, user_vocab, item_vocab, train_dates, recency, prior,
+                                            seed=_seed_for(config.model.seed, as_of, 6) % (2**31))
+            recency["weight"] = choice.weight if choice.weight is not None else recency["weight"]
+            recency["weight_tuning"] = choice.to_record()
+        log_counts = _recency_add(_recency_arrivals(np.zeros(0), item_vocab, 0, recency, prior), item_rows, item_times,
+                                  recency)
         state.item_bias = recency_mod.score_term(log_counts, recency["weight"])
         training = {"seconds": time.perf_counter() - started, "iterations": config.model.ials_iterations}
     else:
@@ -756,6 +792,8 @@ def _full_retrain(config: AccreteConfig, data_dir: Path, store: Store, as_of: dt
                        "item_counts": np.bincount(r_items, minlength=n_items).astype(np.int64)}
     if recency:
         state.reference["item_log_recency"] = log_counts
+        if arrival_sums is not None:
+            state.reference["arrival_sums"] = arrival_sums
     if has_ratings:
         state.reference["rating_edges"] = _rating_edges(config, ratings)
         state.reference["rating_hist"] = drift_mod.rating_histogram(r_ratings, state.reference["rating_edges"],

@@ -10,6 +10,10 @@ count `L_i = log(prior * 2^(created_i - anchor)/h + sum_k 2^(t_k - anchor)/h)`. 
 for every item and moves no ranking, so the stored term is `weight * L_i`: it changes only for items that
 got interactions (or arrived), which keeps delta exports small. The anchor is fixed per generation (its
 full retrain), so the exponents stay small.
+
+The prior can be learned (`learned_prior`): the time-decayed mean count that arriving items got in their first
+period. Where new items are popular at once (a release), they then rank by that expectation on their first day,
+instead of below every item with any history; where they start slowly, the prior stays small.
 """
 from __future__ import annotations
 
@@ -58,3 +62,19 @@ def score_term(log_counts: np.ndarray, weight: float) -> np.ndarray:
     if len(term):
         term[0] = 0.0
     return term.astype(np.float32)
+
+
+def cohort_sums(created_s: np.ndarray, first_period_counts: np.ndarray, *, anchor_s: float,
+                half_life_days: float) -> np.ndarray:
+    """Anchored sums `[sum_i w_i c_i, sum_i w_i]` over arriving items i (`created_s`: arrival times, `c_i`: their
+    interactions in their first period), `w_i = 2^((created_i - anchor)/h)`: recent cohorts weigh more, at the
+    same half-life as the counts. Add the sums of later cohorts to them; `learned_prior` reads them."""
+    weights = np.exp(log_weights(created_s, anchor_s, half_life_days))
+    return np.array([float(np.dot(weights, np.asarray(first_period_counts, np.float64))), float(weights.sum())])
+
+
+def learned_prior(sums: np.ndarray | None, fallback: float) -> float:
+    """The time-decayed mean first-period count of arriving items; `fallback` before any item arrived."""
+    if sums is None or not sums[1] > 0:
+        return float(fallback)
+    return float(sums[0] / sums[1])

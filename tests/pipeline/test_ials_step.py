@@ -46,7 +46,11 @@ def stepped(world, tmp_path_factory) -> dict:
 def test_the_default_generation_is_ials_with_the_recency_term_recorded(stepped):
     manifest = stepped["refold"].manifest(1)
     assert manifest["objective"] == "ials"
-    assert manifest["recency"] == {"anchor": manifest["as_of"], "half_life_days": 120.0, "weight": 5.0, "prior": 1.0}
+    recency = manifest["recency"]
+    assert {k: recency[k] for k in ("anchor", "half_life_days", "prior", "prior_learned")} == {
+        "anchor": manifest["as_of"], "half_life_days": 120.0, "prior": 1.0, "prior_learned": True}
+    tuning = recency["weight_tuning"]
+    assert recency["weight"] == (5.0 if tuning["chosen"] is None else tuning["chosen"])  # 5.0: the fallback
 
 
 def test_existing_item_rows_are_byte_identical_and_new_items_are_solved(stepped):

@@ -47,3 +47,15 @@ def test_a_new_item_starts_with_the_prior_and_the_score_term_floors_items_withou
 def test_a_non_positive_half_life_is_refused():
     with pytest.raises(ValueError, match="half-life"):
         recency.log_weights(np.zeros(1), 0.0, 0.0)
+
+
+def test_the_learned_prior_is_the_decayed_mean_first_period_count_of_arrivals():
+    from pipeline.recency import cohort_sums, learned_prior
+
+    day = 86_400.0
+    old = cohort_sums(np.array([0.0, 0.0]), np.array([10, 30]), anchor_s=0.0, half_life_days=1.0)
+    assert learned_prior(old, fallback=1.0) == pytest.approx(20.0)
+    recent = cohort_sums(np.array([day]), np.array([2]), anchor_s=0.0, half_life_days=1.0)  # weighs 2x each old item
+    assert learned_prior(old + recent, fallback=1.0) == pytest.approx((40 + 2 * 2) / (2 + 2))
+    assert learned_prior(None, fallback=1.5) == 1.5
+    assert learned_prior(np.zeros(2), fallback=1.5) == 1.5
