@@ -18,8 +18,9 @@ import datetime
 import json
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -173,15 +174,23 @@ def first_unparsable(values: pa.Array, target: pa.DataType) -> int | None:
     return lo
 
 
+@dataclass(frozen=True)
 class _Source:
-    """One input file's columns plus how to name a row of it in an error (CSV: its line; Parquet: its row)."""
+    """An input's columns (its files concatenated) and how to name a row of it in an error: a CSV file's line, or
+    a Parquet file's row (0-based, as in the quarantine)."""
 
-    def __init__(self, path: Path, table: pa.Table, csv: bool):
-        self.path, self.table, self.csv = path, table, csv
+    path: Path
+    files: list[Path]
+    lengths: list[int]
+    table: pa.Table
+    csv: bool
 
     def where(self, row: int, column: str) -> str:
+        starts = np.cumsum([0, *self.lengths])
+        k = int(np.searchsorted(starts, row, side="right") - 1)
+        row -= int(starts[k])
         position = f"line {row + 2}" if self.csv else f"row {row}"  # CSV line 1 is the header
-        return f"{self.path}: {position}, column '{column}'"
+        return f"{self.files[k]}: {position}, column '{column}'"
 
     def column(self, name: str) -> pa.Array:
         column = self.table.column(name)
@@ -238,12 +247,11 @@ def _read_source(path: Path, columns: Sequence[str], role: str, *, delimiter: st
         except (pa.ArrowException, OSError, ValueError) as exc:
             raise DataContractError(f"{file}: unreadable ({' '.join(str(exc).split())})") from None
         tables.append(table)
-    if len(tables) == 1:
-        return _Source(files[0], tables[0], csv)
     try:
-        return _Source(path, pa.concat_tables(tables, promote_options="permissive"), csv)
+        table = tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="permissive")
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise DataContractError(f"{path}: its .parquet files have incompatible columns ({exc})") from None
+    return _Source(files[0] if len(files) == 1 else path, files, [t.num_rows for t in tables], table, csv)
 
 
 def _ids(source: _Source, name: str) -> pa.Array:
@@ -346,12 +354,10 @@ def _ratings(source: _Source, name: str) -> pa.Array:
 
 def _attributes(path: Path, id_column: str, key: str, role: str, delimiter: str | None) -> pa.Table:
     """A users or items attribute file: its ID column renamed to `key` (unique, as strings) and every other column."""
-    source = _read_source(path, [], role, delimiter=delimiter, strings=())
+    source = _read_source(path, [], role, delimiter=delimiter, strings=[id_column])  # CSV: "007" stays "007"
     if id_column not in source.table.column_names:
         raise DataContractError(f"{source.path}: no column '{id_column}' ({role}); columns: "
                                 f"{', '.join(source.table.column_names)}")
-    if source.csv:  # read again with the ID as text, so "007" is not read as the integer 7
-        source = _read_source(path, [], role, delimiter=delimiter, strings=[id_column])
     ids = _ids(source, id_column)
     counts = pc.value_counts(ids)
     repeated = counts.filter(pc.greater(counts.field("counts"), 1))

@@ -276,6 +276,17 @@ def test_generic_parquet_float_ids_and_null_times_are_named(tmp_path):
         convert_generic(tmp_path / "n.parquet", tmp_path / "data", user_col="u", item_col="i", time_col="t")
 
 
+def test_a_directory_of_parquet_files_is_one_log_and_an_error_names_the_file_and_its_row(tmp_path):
+    (tmp_path / "log").mkdir()
+    pq.write_table(pa.table({"u": ["a", "b"], "i": [1, 2], "t": [1709546400, 1709546401]}), tmp_path / "log" / "a.parquet")
+    pq.write_table(pa.table({"u": ["c", "d"], "i": [3, 4], "t": [1709632800, 1709632801]}), tmp_path / "log" / "b.parquet")
+    summary = convert_generic(tmp_path / "log", tmp_path / "data", user_col="u", item_col="i", time_col="t", freq="day")
+    assert (summary["ratings"], summary["partitions"]) == (4, 2)
+    pq.write_table(pa.table({"u": ["c", None], "i": [3, 4], "t": [1709632800, 1709632801]}), tmp_path / "log" / "b.parquet")
+    with pytest.raises(DataContractError, match=r"log/b.parquet: row 1, column 'u': missing ID \(1 rows without one\)"):
+        convert_generic(tmp_path / "log", tmp_path / "other", user_col="u", item_col="i", time_col="t")
+
+
 def test_a_duplicate_id_in_an_attributes_file_is_named(tmp_path):
     (tmp_path / "log.csv").write_text("u,i,t\n1,10,1709546400\n")
     (tmp_path / "items.csv").write_text("i,category\n10,a\n11,b\n10,c\n")
