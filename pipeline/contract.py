@@ -8,10 +8,11 @@ A data directory holds Hive-partitioned Parquet, one partition per period::
     DATA/_accrete.json                            optional {"freq": "day" | "week" | "month", ...}
 
 This module is the edge of the pipeline: everything after it sees only clean tables with the schemas below.
-A *file* that breaks the contract (unreadable, a missing column, a type that cannot be coerced) stops the run with a
-`DataContractError` naming the file and column. A *row* that breaks it (missing ID, timestamp outside the
-partition's period, null or non-finite rating, exact duplicate) is set aside in a quarantine table with its reason,
-file and row number, and the run goes on. All checks are vectorized (pyarrow.compute / numpy): no Python loop runs
+A *file* that breaks the contract (unreadable, a missing column, a type that cannot be coerced, an empty partition
+directory, a partition dated in the future) stops the run with a `DataContractError` naming the file and column. A
+*row* that breaks it (missing ID, timestamp outside the partition's period, null or non-finite rating or one outside
+the store's scale, exact duplicate) is set aside in a quarantine table with its reason, file and row number, and the
+run goes on. data/README.md tabulates every class of bad input and why it is rejected, quarantined or accepted. All checks are vectorized (pyarrow.compute / numpy): no Python loop runs
 per row.
 """
 from __future__ import annotations

@@ -312,10 +312,11 @@ def _epoch_seconds(source: _Source, name: str, unit: str) -> pa.Array:
             raise DataContractError(f"{source.path}: column '{name}' has type {values.type}; --time-unit iso expects "
                                     f"ISO 8601 text (use s, ms, us or ns for epoch numbers)")
         text = pc.utf8_trim_whitespace(values)
-        # A trailing `Z` or offset needs a zone-aware target; a naive time is read as UTC either way.
-        zoned = pc.match_substring_regex(text, r"(Z|[+-]\d\d:?\d\d)$")
+        # A time ending in `Z` or an offset parses only to a zone-aware type, a naive one only to a naive type (read
+        # as UTC); nanoseconds keep fractional seconds parseable, floored below.
+        zoned = pc.match_substring_regex(text, r":\d\d(\.\d+)?(Z|[+-]\d\d(:?\d\d)?)$")
         parsed = []
-        for mask, target in ((zoned, pa.timestamp("s", tz="UTC")), (pc.invert(zoned), pa.timestamp("s"))):
+        for mask, target in ((zoned, pa.timestamp("ns", tz="UTC")), (pc.invert(zoned), pa.timestamp("ns"))):
             part = text.filter(mask)
             bad = first_unparsable(part, target)
             if bad is not None:
@@ -323,10 +324,10 @@ def _epoch_seconds(source: _Source, name: str, unit: str) -> pa.Array:
                 raise DataContractError(f"{source.where(bad, name)}: {text[bad].as_py()!r} is not an ISO 8601 "
                                         f"timestamp (--time-unit iso)")
             parsed.append((mask, part.cast(target).view(pa.int64())))
-        seconds = np.empty(len(text), np.int64)
+        nanoseconds = np.empty(len(text), np.int64)
         for mask, part in parsed:
-            seconds[mask.to_numpy(zero_copy_only=False)] = part.to_numpy()
-        return pa.array(seconds)
+            nanoseconds[mask.to_numpy(zero_copy_only=False)] = part.to_numpy()
+        return pa.array(np.floor_divide(nanoseconds, _PER_SECOND["ns"]))
     numbers = _numbers(source, name, f"a number of epoch {unit} (pass --time-unit iso for dates written as text)")
     per_second = _PER_SECOND[unit]
     if pa.types.is_integer(numbers.type):

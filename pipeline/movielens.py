@@ -1,16 +1,20 @@
 """MovieLens, as distributed by GroupLens, converted to contract partitions (real data for the whole pipeline).
 
-Two layouts are recognised:
+Three layouts are recognised:
 
 * `ratings.csv` + `movies.csv` (ml-latest-small, ml-latest, ml-20m, ml-25m, ml-32m): comma-separated with a header;
   genres already joined with `"|"`.
+* `ratings.dat` + `movies.dat` (ml-1m, ml-10m): `::`-separated without header; movie titles latin-1 in ml-1m and
+  UTF-8 in ml-10m (detected). ml-1m's `users.dat` (gender, age group, occupation code, zip code) becomes user
+  attributes.
 * `u.data` + `u.item` (ml-100k): tab-separated `user item rating timestamp` without header, and a `"|"`-separated
   latin-1 movie file whose last 19 columns are genre flags; genre names come from `u.genre` when present.
   `u.user` (age, gender, occupation, zip code), when present, becomes user attributes.
 
 Ratings are split into one partition per period (day, week starting Monday, or calendar month) of their timestamp.
 Each user and each rated movie is written to `users/` / `items/` in the period of its first rating, which is when
-the pipeline first meets it. Movies nobody rated are not written (they have no arrival date).
+the pipeline first meets it. Movies nobody rated are not written (they have no arrival date). The writing is
+`pipeline.converters.write_partitions`, shared with the generic converter.
 """
 from __future__ import annotations
 
@@ -73,7 +77,7 @@ def _read_latest(folder: Path) -> tuple[pa.Table, pa.Table, pa.Table | None]:
     return interactions, items, None
 
 
-def _dat_text(path: Path) -> str:
+def _dat_encoding(path: Path) -> str:
     """The encoding of a `.dat` file: ml-10m's are UTF-8, ml-1m's latin-1 (which any byte sequence decodes as)."""
     with path.open("rb") as handle:
         sample = handle.read()
@@ -89,10 +93,11 @@ def _read_dat(path: Path, names: list[str], *, encoding: str = "utf-8") -> pa.Ta
 
     pyarrow's CSV reader takes a one-character delimiter only, so each line is read whole (multi-threaded, no
     quoting: titles hold commas and quotes) and split on "::" by pyarrow.compute. A line without exactly
-    `len(names)` fields is an error naming its line number.
+    `len(names)` fields, a blank one included (so line numbers stay exact), is an error naming its line number.
     """
     lines = _read_csv(path, read={"column_names": ["line"], "encoding": encoding},
-                      parse={"delimiter": _WHOLE_LINE, "quote_char": False, "escape_char": False},
+                      parse={"delimiter": _WHOLE_LINE, "quote_char": False, "escape_char": False,
+                             "ignore_empty_lines": False},
                       convert={"column_types": {"line": pa.string()}})["line"].combine_chunks()
     fields = pc.split_pattern(lines, "::")
     wrong = pc.not_equal(pc.list_value_length(fields), len(names))
@@ -122,12 +127,12 @@ def _read_dat_layout(folder: Path) -> tuple[pa.Table, pa.Table, pa.Table | None]
         "timestamp": _numeric(ratings_path, ratings, "timestamp", pa.int64()),
         "rating": _numeric(ratings_path, ratings, "rating", pa.float32()),
     })
-    movies = _read_dat(movies_path, ["item_id", "title", "genres"], encoding=_dat_text(movies_path))
+    movies = _read_dat(movies_path, ["item_id", "title", "genres"], encoding=_dat_encoding(movies_path))
     users = None
     users_path = folder / "users.dat"
     if users_path.is_file():
         table = _read_dat(users_path, ["user_id", "gender", "age", "occupation", "zip_code"],
-                          encoding=_dat_text(users_path))
+                          encoding=_dat_encoding(users_path))
         users = table.set_column(2, "age", _numeric(users_path, table, "age", pa.int64())) \
             .set_column(3, "occupation", _numeric(users_path, table, "occupation", pa.int64()))
     return interactions, movies, users
@@ -179,7 +184,8 @@ def convert_movielens(path, out, *, freq: str = "week", overwrite: bool = False)
     """Convert a MovieLens folder into a contract data directory at `out`; return a JSON-able summary.
 
     Args:
-        path: the unpacked MovieLens folder (`ratings.csv`/`movies.csv`, or ml-100k's `u.data`/`u.item`).
+        path: the unpacked MovieLens folder (`ratings.csv`/`movies.csv`, `ratings.dat`/`movies.dat`, or ml-100k's
+            `u.data`/`u.item`).
         out: the data directory to write (must be empty or absent unless `overwrite`).
         freq: partition period, "day", "week" (Monday to Sunday) or "month".
         overwrite: replace the partitions and `_accrete.json` of an existing data directory.

@@ -100,6 +100,7 @@ def test_ml_10m_dat_files_are_utf8_with_half_stars_and_no_users_file(tmp_path):
     (f"3::1193:5::{T0}\n", "line 2: expected 4 fields"),
     (f"3::1193::five::{T0}\n", "line 2: rating 'five' is not a number"),
     ("3::1193::5::yesterday\n", "line 2: timestamp 'yesterday' is not a number"),
+    ("\n", "line 2: expected 4 fields user_id::item_id::rating::timestamp, got ''"),
 ])
 def test_a_malformed_dat_line_is_named_by_file_and_line_and_nothing_is_written(tmp_path, line, fragment):
     write_ml1m(tmp_path / "ml")
@@ -196,13 +197,14 @@ def test_generic_parquet_with_timestamp_type_integer_ids_and_no_rating_is_implic
 def test_generic_csv_reads_iso_times_with_zones_millisecond_epochs_and_keeps_leading_zeros(tmp_path):
     (tmp_path / "iso.csv").write_text(
         "user,item,when,stars\n007,x,2024-03-04,4\n007,y,2024-03-04T23:30:00+02:00,5\n"
-        "8,x, 2024-03-05T01:00:00Z ,3.5\n8,z,2024-03-05 12:00:00,2\n")
+        "8,x, 2024-03-05T01:00:00.999Z ,3.5\n8,z,2024-03-05 12:00:00,2\n9,z,2024-03-04T10:00+0200,1\n")
     convert_generic(tmp_path / "iso.csv", tmp_path / "data", user_col="user", item_col="item", time_col="when",
                     rating_col="stars", time_unit="iso", freq="day")
     _, tables = read_all(tmp_path / "data")
     day4 = int(datetime.datetime(2024, 3, 4, tzinfo=datetime.timezone.utc).timestamp())
     assert tables["interactions"].to_pylist() == [
         {"user_id": "007", "item_id": "x", "timestamp": day4, "rating": 4.0},
+        {"user_id": "9", "item_id": "z", "timestamp": day4 + 8 * 3600, "rating": 1.0},
         {"user_id": "007", "item_id": "y", "timestamp": day4 + 21.5 * 3600, "rating": 5.0},
         {"user_id": "8", "item_id": "x", "timestamp": day4 + 25 * 3600, "rating": 3.5},
         {"user_id": "8", "item_id": "z", "timestamp": day4 + 36 * 3600, "rating": 2.0}]
