@@ -47,7 +47,7 @@ def prepare_output(out: Path, overwrite: bool) -> None:
         raise DataContractError(f"{out}: output path exists and is not a directory")
     if out.exists() and any(out.iterdir()):
         if not overwrite:
-            raise DataContractError(f"{out}: output directory is not empty (pass overwrite=True to replace it)")
+            raise DataContractError(f"{out}: output directory is not empty (--overwrite, or overwrite=True, replaces it)")
         for name in ("interactions", "users", "items", METADATA_FILE):
             target = out / name
             if target.is_dir():
