@@ -87,10 +87,29 @@ def cmd_generate(args: argparse.Namespace) -> None:
     _print(summary, args.json)
 
 
-def cmd_convert(args: argparse.Namespace) -> None:
-    from pipeline.movielens import convert_movielens
+_GENERIC_OPTIONS = ("user_col", "item_col", "time_col", "rating_col", "time_unit", "items", "users", "delimiter")
 
-    _print(convert_movielens(args.path, args.out, freq=args.freq), args.json)
+
+def cmd_convert(args: argparse.Namespace) -> None:
+    given = [f"--{name.replace('_', '-')}" for name in _GENERIC_OPTIONS if getattr(args, name) is not None]
+    if args.dataset == "movielens":
+        if given:
+            raise AccreteError(f"{', '.join(given)}: only for `accrete convert generic` (MovieLens folders have "
+                               f"known columns)")
+        from pipeline.movielens import convert_movielens
+
+        _print(convert_movielens(args.path, args.out, freq=args.freq, overwrite=args.overwrite), args.json)
+        return
+    missing = [flag for flag, value in (("--user-col", args.user_col), ("--item-col", args.item_col),
+                                        ("--time-col", args.time_col)) if value is None]
+    if missing:
+        raise AccreteError(f"convert generic needs {', '.join(missing)} (the names of the columns of {args.path})")
+    from pipeline.converters import convert_generic
+
+    _print(convert_generic(args.path, args.out, user_col=args.user_col, item_col=args.item_col,
+                           time_col=args.time_col, rating_col=args.rating_col, time_unit=args.time_unit or "s",
+                           items=args.items, users=args.users, freq=args.freq, delimiter=args.delimiter,
+                           overwrite=args.overwrite), args.json)
 
 
 def _check_data(args: argparse.Namespace) -> list[dt.date]:
@@ -283,11 +302,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interactions-per-day", type=_positive, default=6000)
     p.add_argument("--ratings", action="store_true", help="also write explicit ratings")
 
-    p = command("convert", cmd_convert, "Convert a public dataset to Accrete partitions.")
-    p.add_argument("dataset", choices=["movielens"])
-    p.add_argument("path", type=Path, help="MovieLens folder (ratings.csv/movies.csv or u.data/u.item)")
+    p = command("convert", cmd_convert, "Convert MovieLens, or your own interaction log (CSV or Parquet), to Accrete "
+                                        "partitions.")
+    p.add_argument("dataset", choices=["movielens", "generic"],
+                   help="movielens: a GroupLens folder; generic: one CSV/Parquet file (or a folder of Parquet files) "
+                        "with a row per interaction, its columns named by --user-col, --item-col, --time-col")
+    p.add_argument("path", type=Path, help="MovieLens folder (ratings.csv/movies.csv, ratings.dat/movies.dat or "
+                                           "u.data/u.item), or the generic interactions file")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--freq", choices=["day", "week", "month"], default="week")
+    p.add_argument("--overwrite", action="store_true", help="replace the partitions of an existing output directory")
+    generic = p.add_argument_group("generic", "options of `convert generic`")
+    generic.add_argument("--user-col", metavar="NAME", help="user ID column (strings or integers)")
+    generic.add_argument("--item-col", metavar="NAME", help="item ID column (strings or integers)")
+    generic.add_argument("--time-col", metavar="NAME", help="time column")
+    generic.add_argument("--rating-col", metavar="NAME", help="explicit rating column (default: implicit feedback)")
+    generic.add_argument("--time-unit", choices=["s", "ms", "us", "ns", "iso"], default=None,
+                         help="numbers of epoch seconds (default), ms, us or ns, or ISO 8601 text; ignored for "
+                              "Parquet timestamp columns")
+    generic.add_argument("--items", type=Path, metavar="FILE", help="item attributes (CSV/Parquet) keyed by --item-col")
+    generic.add_argument("--users", type=Path, metavar="FILE", help="user attributes (CSV/Parquet) keyed by --user-col")
+    generic.add_argument("--delimiter", metavar="CHAR", help="CSV field separator (default: comma, tab for .tsv)")
 
     p = command("retrain", cmd_retrain, "Full retrain from scratch on the partitions up to --as-of (a new generation; "
                                         "on an empty store, the first version).", data=True, store=True, config=True)

@@ -8,10 +8,11 @@ A data directory holds Hive-partitioned Parquet, one partition per period::
     DATA/_accrete.json                            optional {"freq": "day" | "week" | "month", ...}
 
 This module is the edge of the pipeline: everything after it sees only clean tables with the schemas below.
-A *file* that breaks the contract (unreadable, a missing column, a type that cannot be coerced) stops the run with a
-`DataContractError` naming the file and column. A *row* that breaks it (missing ID, timestamp outside the
-partition's period, null or non-finite rating, exact duplicate) is set aside in a quarantine table with its reason,
-file and row number, and the run goes on. All checks are vectorized (pyarrow.compute / numpy): no Python loop runs
+A *file* that breaks the contract (unreadable, a missing column, a type that cannot be coerced, an empty partition
+directory, a partition dated in the future) stops the run with a `DataContractError` naming the file and column. A
+*row* that breaks it (missing ID, timestamp outside the partition's period, null or non-finite rating or one outside
+the store's scale, exact duplicate) is set aside in a quarantine table with its reason, file and row number, and the
+run goes on. data/README.md tabulates every class of bad input and why it is rejected, quarantined or accepted. All checks are vectorized (pyarrow.compute / numpy): no Python loop runs
 per row.
 """
 from __future__ import annotations
@@ -54,15 +55,19 @@ NULL_TIMESTAMP = "null_timestamp"
 TIMESTAMP_OUTSIDE_PERIOD = "timestamp_outside_period"
 NULL_RATING = "null_rating"
 NON_FINITE_RATING = "non_finite_rating"
+RATING_OUTSIDE_SCALE = "rating_outside_scale"
 DUPLICATE_ROW = "duplicate_row"
 DUPLICATE_ID = "duplicate_id"
 _INTERACTION_REASONS = (None, MISSING_ID, NULL_TIMESTAMP, TIMESTAMP_OUTSIDE_PERIOD, NULL_RATING, NON_FINITE_RATING,
-                        DUPLICATE_ROW)
+                        RATING_OUTSIDE_SCALE, DUPLICATE_ROW)
 _ENTITY_REASONS = (None, MISSING_ID, DUPLICATE_ID)
 
 # Attribute columns that are free text: one token per item would carry no shared signal for metadata init.
 FREE_TEXT_COLUMNS = ("title", "name", "description")
 NO_GENRES = "(no genres listed)"
+
+# How far past today (UTC) a partition may be dated: a day of slack for writers whose local date runs ahead of UTC.
+FUTURE_TOLERANCE = datetime.timedelta(days=1)
 
 
 @dataclass(frozen=True)
@@ -171,6 +176,8 @@ def _partition_dirs(data_dir: Path) -> dict[str, dict[datetime.date, Path]]:
             if _is_hidden(entry):
                 continue
             match = _PARTITION_DIR.match(entry.name)
+            if entry.is_symlink() and not entry.exists():
+                raise DataContractError(f"{entry}: broken symbolic link (points to {os.readlink(entry)})")
             if not entry.is_dir() or not match:
                 raise DataContractError(f"{entry}: not a partition directory (expected date=YYYY-MM-DD)")
             try:
@@ -194,9 +201,16 @@ def _partition_files(directory: Path) -> list[Path]:
     for entry in sorted(directory.iterdir()):
         if _is_hidden(entry):
             continue
+        if entry.is_symlink() and not entry.exists():
+            raise DataContractError(f"{entry}: broken symbolic link (points to {os.readlink(entry)})")
         if entry.is_dir():
             raise DataContractError(f"{entry}: nested directories inside a partition are not supported")
         files.append(entry)
+    if not files:
+        # An empty directory is most often a writer that failed before its first file: applying it as a quiet
+        # period would publish a step with data missing. A quiet period is a file with zero rows.
+        raise DataContractError(f"{directory}: partition directory holds no data files (write a file with zero "
+                                f"rows for a period without data)")
     return files
 
 
@@ -470,7 +484,8 @@ def _offending_values(tables: list[pa.Table], names: list[str], file_index: np.n
     return values
 
 
-def _read_interactions(files: list[Path], data_dir: Path, start: int, end: int):
+def _read_interactions(files: list[Path], data_dir: Path, start: int, end: int,
+                       rating_range: tuple[float, float] | None):
     """Clean interactions, their quarantine, has_ratings, rows read."""
     tables = [
         _open_parquet(f, ["user_id", "item_id", "timestamp", "rating"], ["user_id", "item_id"],
@@ -510,6 +525,9 @@ def _read_interactions(files: list[Path], data_dir: Path, start: int, end: int):
     # Reason codes index _INTERACTION_REASONS; assigned lowest priority first so the first problem wins.
     reason = np.zeros(n, np.int8)
     if has_ratings:
+        if rating_range is not None:
+            low, high = rating_range
+            reason[rating_valid & ((rating < low) | (rating > high))] = 6
         reason[rating_valid & ~np.isfinite(rating)] = 5
         reason[~rating_valid] = 4
     reason[ts_valid & ((ts < start) | (ts >= end))] = 3
@@ -520,7 +538,7 @@ def _read_interactions(files: list[Path], data_dir: Path, start: int, end: int):
     key = [ucode[ok_rows], icode[ok_rows], ts[ok_rows]]
     if has_ratings:
         key.append(rating[ok_rows].view(np.uint32))
-    reason[ok_rows[_later_duplicates(key)]] = 6
+    reason[ok_rows[_later_duplicates(key)]] = 7
     keep = np.flatnonzero(reason == 0)
 
     clean = pa.table({
@@ -580,7 +598,9 @@ def _read_entities(entity: str, id_column: str, files: list[Path], data_dir: Pat
     return clean.combine_chunks(), quarantine, n
 
 
-def read_partition(data_dir: str | Path, date: datetime.date, freq: str | None = None) -> Partition:
+def read_partition(data_dir: str | Path, date: datetime.date, freq: str | None = None, *,
+                   rating_range: tuple[float, float] | None = None,
+                   today: datetime.date | None = None) -> Partition:
     """Read and validate the partition of `date`: clean interactions, users and items, plus the quarantine.
 
     The period is `[date, period_end(date, freq))` with `freq` from the data directory's `_accrete.json` when
@@ -588,15 +608,22 @@ def read_partition(data_dir: str | Path, date: datetime.date, freq: str | None =
     (`missing_id`), the timestamp is null or outside the period, the rating (if the files have one) is null or not
     finite after conversion to float32, or the row duplicates an earlier row of the partition after coercion
     (`duplicate_row`; the first is kept). Users and items rows are quarantined for a missing ID or a repeated ID
-    (`duplicate_id`; the first is kept). Every file-level problem raises `DataContractError` before anything is
-    returned.
+    (`duplicate_id`; the first is kept). With `rating_range=(low, high)`, a finite rating outside it is quarantined
+    (`rating_outside_scale`): the store's rating scale (its drift histogram's edges) is the caller's to give.
+    Every file-level problem raises `DataContractError` before anything is returned, and so does a partition dated
+    more than `FUTURE_TOLERANCE` after `today` (default: today's UTC date): its interactions cannot have happened,
+    so the date is wrong.
     """
     data_dir = Path(data_dir)
     date = _as_date(date)
     freq = _check_freq(freq, "freq") if freq is not None else data_frequency(data_dir)
     if not data_dir.is_dir():
         raise DataContractError(f"{data_dir}: data directory not found")
+    today = today or datetime.datetime.now(datetime.timezone.utc).date()
     name = f"date={date.isoformat()}"
+    if date > today + FUTURE_TOLERANCE:
+        raise DataContractError(f"{data_dir}: partition {name} is dated in the future (today is {today} UTC); "
+                                f"check the writer's date")
     present = {entity: data_dir / entity / name for entity in ENTITIES if (data_dir / entity / name).is_dir()}
     if not present:
         raise DataContractError(f"{data_dir}: no partition date={date.isoformat()} in interactions/, users/ or items/")
@@ -604,7 +631,7 @@ def read_partition(data_dir: str | Path, date: datetime.date, freq: str | None =
     end_date = period_end(date, freq)
 
     interactions, q_inter, has_ratings, n_inter = _read_interactions(
-        files["interactions"], data_dir, _epoch_seconds(date), _epoch_seconds(end_date))
+        files["interactions"], data_dir, _epoch_seconds(date), _epoch_seconds(end_date), rating_range)
     users, q_users, n_users = _read_entities("users", "user_id", files["users"], data_dir)
     items, q_items, n_items = _read_entities("items", "item_id", files["items"], data_dir)
     quarantine = pa.concat_tables([q_inter, q_users, q_items])

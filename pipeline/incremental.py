@@ -249,6 +249,12 @@ def _stored_rating_edges(config: AccreteConfig, reference: dict[str, np.ndarray]
     return None if edges is None else np.asarray(edges, np.float64)
 
 
+def _rating_scale(config: AccreteConfig) -> tuple[float, float]:
+    """The ratings a partition may hold: the drift histogram's range; a row outside it is quarantined on reading."""
+    edges = drift_mod.DEFAULT_RATING_EDGES if config.drift.rating_edges is None else config.drift.rating_edges
+    return float(edges[0]), float(edges[-1])
+
+
 def _item_times(interactions: pa.Table, item_vocab: Vocabulary) -> tuple[np.ndarray, np.ndarray]:
     """Item rows and Unix-second timestamps of the interactions with a known item. Unlike
     `_interaction_arrays` it keeps interactions of users a compaction dropped: they still count towards
@@ -414,7 +420,7 @@ def run_incremental_step(data_dir: str | Path, store_dir: str | Path, date: dt.d
         _check_order(date, applied, available, data_dir)
         freq = contract.data_frequency(data_dir, config.data.freq)
         progress(f"reading partition {date}")
-        partition = contract.read_partition(data_dir, date, freq)
+        partition = contract.read_partition(data_dir, date, freq, rating_range=_rating_scale(config))
         maybe_fail(f"nightly:{date.isoformat()}")
         timings["ingest"] = time.perf_counter() - started
         result = _incremental(config, store, state, partition, applied, timings, progress)
@@ -717,7 +723,7 @@ def _full_retrain(config: AccreteConfig, data_dir: Path, store: Store, as_of: dt
         if date in consumed and date not in train_dates:
             continue
         progress(f"reading partition {date}")
-        partition = contract.read_partition(data_dir, date, freq)
+        partition = contract.read_partition(data_dir, date, freq, rating_range=_rating_scale(config))
         reports[date.isoformat()] = partition.report
         if date not in consumed:
             first_new_item = len(item_vocab)

@@ -1,22 +1,23 @@
 """MovieLens, as distributed by GroupLens, converted to contract partitions (real data for the whole pipeline).
 
-Two layouts are recognised:
+Three layouts are recognised:
 
 * `ratings.csv` + `movies.csv` (ml-latest-small, ml-latest, ml-20m, ml-25m, ml-32m): comma-separated with a header;
   genres already joined with `"|"`.
+* `ratings.dat` + `movies.dat` (ml-1m, ml-10m): `::`-separated without header; movie titles latin-1 in ml-1m and
+  UTF-8 in ml-10m (detected). ml-1m's `users.dat` (gender, age group, occupation code, zip code) becomes user
+  attributes.
 * `u.data` + `u.item` (ml-100k): tab-separated `user item rating timestamp` without header, and a `"|"`-separated
   latin-1 movie file whose last 19 columns are genre flags; genre names come from `u.genre` when present.
   `u.user` (age, gender, occupation, zip code), when present, becomes user attributes.
 
 Ratings are split into one partition per period (day, week starting Monday, or calendar month) of their timestamp.
 Each user and each rated movie is written to `users/` / `items/` in the period of its first rating, which is when
-the pipeline first meets it. Movies nobody rated are not written (they have no arrival date).
+the pipeline first meets it. Movies nobody rated are not written (they have no arrival date). The writing is
+`pipeline.converters.write_partitions`, shared with the generic converter.
 """
 from __future__ import annotations
 
-import datetime
-import json
-import shutil
 import time
 from pathlib import Path
 
@@ -26,14 +27,16 @@ import pyarrow.compute as pc
 import pyarrow.csv as pv
 import pyarrow.parquet as pq
 
-from pipeline.contract import METADATA_FILE, NO_GENRES, PERIOD_FREQS
+from pipeline.contract import NO_GENRES, PERIOD_FREQS
+from pipeline.converters import first_unparsable, prepare_output, write_metadata, write_partitions
 from pipeline.errors import DataContractError
 
 # ml-100k's genre order (u.genre), used when the folder has no u.genre file.
 ML100K_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
                  "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller",
                  "War", "Western")
-_EPOCH = datetime.date(1970, 1, 1)
+# A byte no MovieLens text holds: the `.dat` files are read as one column per line, then split on "::".
+_WHOLE_LINE = "\x1f"
 
 
 def _read_csv(path: Path, **options) -> pa.Table:
@@ -72,6 +75,67 @@ def _read_latest(folder: Path) -> tuple[pa.Table, pa.Table, pa.Table | None]:
                                   ratings["timestamp"])
     items = pa.table({"item_id": movies["movieId"], "title": movies["title"], "genres": movies["genres"]})
     return interactions, items, None
+
+
+def _dat_encoding(path: Path) -> str:
+    """The encoding of a `.dat` file: ml-10m's are UTF-8, ml-1m's latin-1 (which any byte sequence decodes as)."""
+    with path.open("rb") as handle:
+        sample = handle.read()
+    try:
+        sample.decode("utf-8")
+    except UnicodeDecodeError:
+        return "latin-1"
+    return "utf-8"
+
+
+def _read_dat(path: Path, names: list[str], *, encoding: str = "utf-8") -> pa.Table:
+    """A `::`-separated file without header (ml-1m, ml-10m) as a table of string columns named `names`.
+
+    pyarrow's CSV reader takes a one-character delimiter only, so each line is read whole (multi-threaded, no
+    quoting: titles hold commas and quotes) and split on "::" by pyarrow.compute. A line without exactly
+    `len(names)` fields, a blank one included (so line numbers stay exact), is an error naming its line number.
+    """
+    lines = _read_csv(path, read={"column_names": ["line"], "encoding": encoding},
+                      parse={"delimiter": _WHOLE_LINE, "quote_char": False, "escape_char": False,
+                             "ignore_empty_lines": False},
+                      convert={"column_types": {"line": pa.string()}})["line"].combine_chunks()
+    fields = pc.split_pattern(lines, "::")
+    wrong = pc.not_equal(pc.list_value_length(fields), len(names))
+    if pc.any(wrong).as_py():
+        row = int(np.flatnonzero(wrong.to_numpy(zero_copy_only=False))[0])
+        raise DataContractError(f"{path}: line {row + 1}: expected {len(names)} fields {'::'.join(names)}, "
+                                f"got {lines[row].as_py()!r}")
+    return pa.table({name: pc.list_element(fields, k) for k, name in enumerate(names)})
+
+
+def _numeric(path: Path, table: pa.Table, name: str, target: pa.DataType) -> pa.Array:
+    """A text column cast to `target`; the first value that does not parse is named with its line."""
+    column = table[name].combine_chunks()
+    bad = first_unparsable(column, target)
+    if bad is not None:
+        raise DataContractError(f"{path}: line {bad + 1}: {name} {column[bad].as_py()!r} is not a number")
+    return column.cast(target)
+
+
+def _read_dat_layout(folder: Path) -> tuple[pa.Table, pa.Table, pa.Table | None]:
+    """ml-1m / ml-10m: `ratings.dat` UserID::MovieID::Rating::Timestamp, `movies.dat` MovieID::Title::Genres,
+    and in ml-1m `users.dat` UserID::Gender::Age::Occupation::Zip-code."""
+    ratings_path, movies_path = folder / "ratings.dat", folder / "movies.dat"
+    ratings = _read_dat(ratings_path, ["user_id", "item_id", "rating", "timestamp"])
+    interactions = pa.table({
+        "user_id": ratings["user_id"], "item_id": ratings["item_id"],
+        "timestamp": _numeric(ratings_path, ratings, "timestamp", pa.int64()),
+        "rating": _numeric(ratings_path, ratings, "rating", pa.float32()),
+    })
+    movies = _read_dat(movies_path, ["item_id", "title", "genres"], encoding=_dat_encoding(movies_path))
+    users = None
+    users_path = folder / "users.dat"
+    if users_path.is_file():
+        table = _read_dat(users_path, ["user_id", "gender", "age", "occupation", "zip_code"],
+                          encoding=_dat_encoding(users_path))
+        users = table.set_column(2, "age", _numeric(users_path, table, "age", pa.int64())) \
+            .set_column(3, "occupation", _numeric(users_path, table, "occupation", pa.int64()))
+    return interactions, movies, users
 
 
 def _read_100k(folder: Path) -> tuple[pa.Table, pa.Table, pa.Table | None]:
@@ -116,50 +180,12 @@ def _read_100k(folder: Path) -> tuple[pa.Table, pa.Table, pa.Table | None]:
     return interactions, items, users
 
 
-def _period_start_days(timestamps: np.ndarray, freq: str) -> np.ndarray:
-    """Days since the epoch of the start of each timestamp's period (weeks start on Monday)."""
-    days = np.floor_divide(timestamps, 86_400)
-    if freq == "day":
-        return days
-    if freq == "week":
-        return days - (days + 3) % 7  # 1970-01-01 was a Thursday: (days + 3) % 7 is 0 on Mondays
-    months = days.astype("datetime64[D]").astype("datetime64[M]")
-    return months.astype("datetime64[D]").astype(np.int64)
-
-
-def _first_period(ids: pa.Array, period: np.ndarray) -> tuple[pa.Array, np.ndarray]:
-    """Each distinct ID and the earliest period it appears in (vectorized group-by minimum)."""
-    grouped = pa.table({"id": ids, "period": period}).group_by("id", use_threads=False).aggregate([("period", "min")])
-    return grouped["id"].combine_chunks(), grouped["period_min"].to_numpy()
-
-
-def _write_by_period(table: pa.Table, period: np.ndarray, root: Path) -> list[int]:
-    """Write `table` split by `period` into `root/date=.../part-0.parquet`; return the periods written."""
-    if len(period) and np.any(period[1:] < period[:-1]):
-        order = np.argsort(period, kind="stable")
-        table, period = table.take(pa.array(order)), period[order]
-    starts = np.flatnonzero(np.r_[True, period[1:] != period[:-1]])
-    ends = np.r_[starts[1:], len(period)]
-    for start, end in zip(starts, ends):  # one iteration per period, not per row
-        date = _EPOCH + datetime.timedelta(days=int(period[start]))
-        directory = root / f"date={date.isoformat()}"
-        directory.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table.slice(start, end - start), directory / "part-0.parquet")
-    return [int(period[s]) for s in starts]
-
-
-def _write_arrivals(table: pa.Table, id_column: str, root: Path) -> None:
-    """Write users or items into the partition of their `_period`, sorted by ID within a partition."""
-    table = table.take(pc.sort_indices(table, [("_period", "ascending"), (id_column, "ascending")]))
-    period = table["_period"].to_numpy()
-    _write_by_period(table.drop_columns(["_period"]), period, root)
-
-
 def convert_movielens(path, out, *, freq: str = "week", overwrite: bool = False) -> dict:
     """Convert a MovieLens folder into a contract data directory at `out`; return a JSON-able summary.
 
     Args:
-        path: the unpacked MovieLens folder (`ratings.csv`/`movies.csv`, or ml-100k's `u.data`/`u.item`).
+        path: the unpacked MovieLens folder (`ratings.csv`/`movies.csv`, `ratings.dat`/`movies.dat`, or ml-100k's
+            `u.data`/`u.item`).
         out: the data directory to write (must be empty or absent unless `overwrite`).
         freq: partition period, "day", "week" (Monday to Sunday) or "month".
         overwrite: replace the partitions and `_accrete.json` of an existing data directory.
@@ -175,54 +201,20 @@ def convert_movielens(path, out, *, freq: str = "week", overwrite: bool = False)
         raise DataContractError(f"{folder}: MovieLens folder not found")
     if (folder / "ratings.csv").is_file() and (folder / "movies.csv").is_file():
         layout, (interactions, movies, user_attributes) = "ratings.csv", _read_latest(folder)
+    elif (folder / "ratings.dat").is_file() and (folder / "movies.dat").is_file():
+        layout, (interactions, movies, user_attributes) = "ratings.dat", _read_dat_layout(folder)
     elif (folder / "u.data").is_file() and (folder / "u.item").is_file():
         layout, (interactions, movies, user_attributes) = "u.data", _read_100k(folder)
     else:
         raise DataContractError(f"{folder}: not a recognised MovieLens folder (expected ratings.csv + movies.csv, "
-                                f"or u.data + u.item)")
+                                f"ratings.dat + movies.dat, or u.data + u.item)")
     for name in ("user_id", "item_id", "timestamp", "rating"):
         if interactions[name].null_count:
             raise DataContractError(f"{folder}: {interactions[name].null_count} ratings have no {name}")
 
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise DataContractError(f"{out}: output directory is not empty (pass overwrite=True to replace it)")
-        for name in ("interactions", "users", "items", METADATA_FILE):
-            target = out / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-
-    interactions = interactions.take(pc.sort_indices(
-        interactions, [("timestamp", "ascending"), ("user_id", "ascending"), ("item_id", "ascending")]))
-    period = _period_start_days(interactions["timestamp"].to_numpy(), freq)
-    written = _write_by_period(interactions, period, out / "interactions")
-
-    user_ids, user_period = _first_period(interactions["user_id"], period)
-    users = pa.table({"user_id": user_ids, "_period": user_period})
-    if user_attributes is not None:
-        users = users.join(user_attributes, "user_id", join_type="left outer")
-    _write_arrivals(users, "user_id", out / "users")
-
-    item_ids, item_period = _first_period(interactions["item_id"], period)
-    items = pa.table({"item_id": item_ids, "_period": item_period}).join(movies, "item_id", join_type="left outer")
-    _write_arrivals(items, "item_id", out / "items")
-
-    dates = [_EPOCH + datetime.timedelta(days=d) for d in written]
-    summary = {
-        "source": "movielens",
-        "layout": layout,
-        "freq": freq,
-        "ratings": interactions.num_rows,
-        "users": len(user_ids),
-        "items": len(item_ids),
-        "items_without_metadata": int(items["title"].null_count),
-        "partitions": len(written),
-        "first_date": dates[0].isoformat() if dates else None,
-        "last_date": dates[-1].isoformat() if dates else None,
-    }
-    (out / METADATA_FILE).write_text(json.dumps({**summary, "path": str(folder.resolve())}, indent=2) + "\n")
+    prepare_output(out, overwrite)
+    summary = {"source": "movielens", "layout": layout, "freq": freq,
+               **write_partitions(interactions, out, freq, items=movies, users=user_attributes)}
+    write_metadata(out, summary, folder)
     summary["seconds"] = round(time.perf_counter() - began, 3)
     return summary
