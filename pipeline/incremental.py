@@ -249,10 +249,14 @@ def _stored_rating_edges(config: AccreteConfig, reference: dict[str, np.ndarray]
     return None if edges is None else np.asarray(edges, np.float64)
 
 
-def _rating_scale(config: AccreteConfig) -> tuple[float, float]:
-    """The ratings a partition may hold: the drift histogram's range; a row outside it is quarantined on reading."""
-    edges = drift_mod.DEFAULT_RATING_EDGES if config.drift.rating_edges is None else config.drift.rating_edges
-    return float(edges[0]), float(edges[-1])
+def _rating_scale(config: AccreteConfig, reference: dict[str, np.ndarray] | None) -> tuple[float, float] | None:
+    """The ratings a partition may hold (a row outside is quarantined on reading): the configured histogram edges'
+    range, else the one the generation learned at its full retrain (`reference`); None for a full retrain, which
+    learns the scale from its data. Stores from before the edges were learned keep the half-star default."""
+    edges = config.drift.rating_edges
+    if edges is None and reference is not None:
+        edges = reference.get("rating_edges", drift_mod.DEFAULT_RATING_EDGES)
+    return None if edges is None else (float(edges[0]), float(edges[-1]))
 
 
 def _item_times(interactions: pa.Table, item_vocab: Vocabulary) -> tuple[np.ndarray, np.ndarray]:
@@ -420,7 +424,7 @@ def run_incremental_step(data_dir: str | Path, store_dir: str | Path, date: dt.d
         _check_order(date, applied, available, data_dir)
         freq = contract.data_frequency(data_dir, config.data.freq)
         progress(f"reading partition {date}")
-        partition = contract.read_partition(data_dir, date, freq, rating_range=_rating_scale(config))
+        partition = contract.read_partition(data_dir, date, freq, rating_range=_rating_scale(config, state.reference))
         maybe_fail(f"nightly:{date.isoformat()}")
         timings["ingest"] = time.perf_counter() - started
         result = _incremental(config, store, state, partition, applied, timings, progress)
@@ -462,6 +466,12 @@ def _incremental(config: AccreteConfig, store: Store, state: ModelState, partiti
 
     objective = parent_manifest["objective"]  # fixed for a generation by its full retrain
     warnings = generation_setting_changes(config, parent_manifest, state.user_vectors.shape[1])
+    off_scale = partition.report["quarantined"].get(contract.RATING_OUTSIDE_SCALE, 0)
+    if off_scale:
+        low, high = _rating_scale(config, state.reference)
+        warnings.append(f"{off_scale:,} rating(s) of partition {date} outside the scale [{low:g}, {high:g}] learned at the "
+                        f"last full retrain were quarantined; if the rating scale changed, run `accrete retrain` (it "
+                        f"learns the scale from the data), or set drift.rating_edges")
     for warning in warnings:
         progress(f"warning: {warning}")
     recency = parent_manifest.get("recency") if objective == "ials" else None
@@ -723,7 +733,7 @@ def _full_retrain(config: AccreteConfig, data_dir: Path, store: Store, as_of: dt
         if date in consumed and date not in train_dates:
             continue
         progress(f"reading partition {date}")
-        partition = contract.read_partition(data_dir, date, freq, rating_range=_rating_scale(config))
+        partition = contract.read_partition(data_dir, date, freq, rating_range=_rating_scale(config, None))
         reports[date.isoformat()] = partition.report
         if date not in consumed:
             first_new_item = len(item_vocab)

@@ -12,7 +12,6 @@ import pytest
 
 from pipeline import contract
 from pipeline.config import AccreteConfig
-from pipeline.errors import DataContractError
 from pipeline.incremental import run_full_retrain, run_incremental_step
 from pipeline.store import Store
 from pipeline.synthetic import generate_world
@@ -54,14 +53,22 @@ def test_a_1_to_10_scale_is_learned_at_the_retrain_and_measured_every_night(ten_
     np.testing.assert_array_equal(Store(store).load().reference["rating_edges"], edges)  # kept for the generation
 
 
-def test_a_rating_outside_the_learned_scale_names_the_partition_and_the_fix_and_stores_nothing(ten_point_world,
-                                                                                                 tmp_path):
+def test_ratings_outside_the_learned_scale_are_quarantined_with_a_warning_naming_the_fix(ten_point_world, tmp_path):
     dates, store = contract.list_partitions(ten_point_world), tmp_path / "store"
     run_full_retrain(ten_point_world, store, dates[0], config=CONFIG)
-    _rescale(ten_point_world, 10.0, dates={dates[1].isoformat()})  # now 10..100
+    _rescale(ten_point_world, 10.0, dates={dates[1].isoformat()})  # now 10..100: all but the 10s off the scale
+    edges = Store(store).load().reference["rating_edges"]
+    ratings = pq.read_table(ten_point_world / "interactions" / f"date={dates[1]}")["rating"].to_numpy()
+    off_scale = int((ratings > edges[-1]).sum())
+    assert off_scale > 0
     before = _digest(store)
-    with pytest.raises(DataContractError, match=rf"partition {dates[1]}: .* outside the scale .*accrete retrain"):
-        run_incremental_step(ten_point_world, store, dates[1], config=CONFIG)
-    assert _digest(store) == before
+    step = run_incremental_step(ten_point_world, store, dates[1], config=CONFIG)
+    assert step.manifest["ingest"]["quarantined"] == {"rating_outside_scale": off_scale}
+    assert [w for w in step.manifest["warnings"] if "outside the scale" in w] == [
+        f"{off_scale:,} rating(s) of partition {dates[1]} outside the scale [{edges[0]:g}, {edges[-1]:g}] learned at the last full "
+        f"retrain were quarantined; if the rating scale changed, run `accrete retrain` (it learns the scale from the "
+        f"data), or set drift.rating_edges"]
+    assert {k: v for k, v in _digest(store).items() if k in before and k != "CURRENT"} == {
+        k: v for k, v in before.items() if k != "CURRENT"}  # nothing stored before was touched
     run_full_retrain(ten_point_world, store, dates[1], config=CONFIG)  # the documented fix: learn the new scale
     assert Store(store).load().reference["rating_edges"][-1] > 100.0
