@@ -98,6 +98,22 @@ def choose_recency_weight(users: np.ndarray, items: np.ndarray, times: np.ndarra
     log_counts = recency.accumulate(log_counts, items[before], times[before], anchor_s=start,
                                     half_life_days=half_life_days)
 
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, "blas"):  # small products per period: a threaded BLAS only adds contention
+        return _replay(users, items, times, period_of, period_starts, first, start, user_vectors, item_vectors,
+                       log_counts, user_created, item_created, candidates, n_holdout, half_life_days=half_life_days,
+                       prior=prior, alpha=alpha, l2=l2, refold_active=refold_active)
+
+
+def _replay(users, items, times, period_of, period_starts, first, start, user_vectors, item_vectors, log_counts,
+            user_created, item_created, candidates, n_holdout, *, half_life_days, prior, alpha, l2,
+            refold_active) -> WeightChoice:
+    """The period-by-period part of `choose_recency_weight`, from the fit before the holdout."""
+    from models import ials
+
+    n_users, n_items = len(user_created), len(item_created)
+    before = times < start
     hits = {w: 0.0 for w in candidates}
     evaluated = 0
     history_users, history_items = users[before], items[before]
