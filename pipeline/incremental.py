@@ -360,8 +360,12 @@ def _choose_recency_weight(config: AccreteConfig, training_data: pa.Table, user_
         return np.where(np.isnat(days), -np.inf, _seconds(np.where(np.isnat(days), np.datetime64(0, "D"), days)))
 
     model = config.model
+    period_starts = _seconds(np.array(sorted(train_dates), "datetime64[D]"))
+    if len(period_starts) == 1 and keep.any():  # one backlog partition: replay it in quarters of its time span
+        low, high = float(times[keep].min()), float(times[keep].max())
+        period_starts = np.array([period_starts[0], *(low + (high - low) * np.array([0.25, 0.5, 0.75]))])
     return tuning.choose_recency_weight(
-        users[keep], items[keep], times[keep], period_starts=_seconds(np.array(sorted(train_dates), "datetime64[D]")),
+        users[keep], items[keep], times[keep], period_starts=period_starts,
         user_created=np.maximum(created(user_vocab), first - 1), item_created=np.maximum(created(item_vocab), first - 1),
         candidates=model.recency_weight_candidates, min_users=model.recency_tune_min_users,
         half_life_days=settings["half_life_days"], prior=prior, dim=model.dim, alpha=model.ials_alpha, l2=model.ials_l2,

@@ -103,3 +103,11 @@ def test_the_arrival_prior_is_learned_at_the_retrain_and_grows_with_each_cohort(
     last = Store(store).load(steps[-1].version).reference["arrival_sums"]
     assert first[1] > 0 and last[1] > first[1]  # every nightly cohort adds its weight
     assert 1.0 < last[0] / last[1] < 200.0  # new items here draw a few interactions each on their first day
+
+
+def test_a_retrain_on_one_backlog_partition_tunes_on_the_quarters_of_its_time_span(retrained, tmp_path):
+    store, _ = retrained
+    data = store.parent / "data"
+    run_full_retrain(data, tmp_path / "store", contract.list_partitions(data)[0], config=AccreteConfig())
+    tuning = Store(tmp_path / "store").manifest()["recency"]["weight_tuning"]
+    assert tuning["chosen"] is not None and tuning["periods"] >= 1 and tuning["users"] >= 200
