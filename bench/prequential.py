@@ -267,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     seconds = bootstrap(data, work / "boot", args.start, auto)
     chosen = Store(work / "boot").manifest()["recency"]
     print(f"\nscored range: bootstrap full retrain before {args.start}: {seconds:.1f} s; it chose recency weight "
-          f"{chosen['weight']:g} on its own last periods ({(chosen.get('weight_tuning') or {}).get('periods')} weeks)")
+          f"{chosen['weight']:g}, half-life {chosen['half_life_days']:g} d on its own last "
+          f"{(chosen.get('tuning') or {}).get('periods')} weeks")
     configs = {"accrete": auto, "accrete_fixed": tuned, "full_retrain": auto, **ablations(auto)}
     results, changed = {}, {}
     for name in [v for v in args.variants.split(",") if v]:

@@ -60,10 +60,11 @@ class ModelConfig:
     recency_weight: float = 5.0
     recency_prior: float = 1.0
     recency_prior_learned: bool = True
-    # Each full retrain picks `recency_weight` from these candidates by replaying its own most recent periods
-    # (pipeline/tuning.py; at least `recency_tune_min_users` evaluated users); empty: always `recency_weight`,
-    # which is also the fallback when the data is too short to tune on.
+    # Each full retrain picks `recency_weight` and `recency_half_life_days` from these candidates by replaying
+    # its own most recent periods (pipeline/tuning.py; at least `recency_tune_min_users` evaluated users);
+    # empty weights: always the configured two, which are also the fallback when the data is too short to tune on.
     recency_weight_candidates: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 5.0)
+    recency_half_life_candidates: tuple[float, ...] = (7.0, 30.0, 120.0)
     recency_tune_min_users: int = 200
     use_bias: bool = True
     # "frozen": biases freeze with their rows (measured best on MovieLens, and a delta export then holds
@@ -191,7 +192,7 @@ class AccreteConfig:
             unknown = set(values) - known
             if unknown:
                 raise ConfigError(f"{source}: unknown key(s) {sorted(unknown)} in [{name}]")
-            for key in ("ks", "rating_edges", "recency_weight_candidates"):
+            for key in ("ks", "rating_edges", "recency_weight_candidates", "recency_half_life_candidates"):
                 if values.get(key) is not None:
                     values = {**values, key: tuple(values[key])}
             built[name] = section_cls(**values)
@@ -223,6 +224,8 @@ class AccreteConfig:
              "[model] recency_weight and recency_prior must be >= 0"),
             (all(w >= 0 for w in self.model.recency_weight_candidates),
              "[model] recency_weight_candidates must all be >= 0"),
+            (all(h > 0 for h in self.model.recency_half_life_candidates),
+             "[model] recency_half_life_candidates must all be > 0"),
             (self.model.recency_tune_min_users >= 1, "[model] recency_tune_min_users must be >= 1"),
             (self.model.dim > 0, "[model] dim must be positive"),
             (self.model.warmup_days >= 0, "[model] warmup_days must be >= 0"),

@@ -299,7 +299,8 @@ def generation_setting_changes(config: AccreteConfig, manifest: dict[str, Any], 
     stored = manifest.get("recency") if objective == "ials" else None
     if stored:
         configured = recency_settings(config, dt.date.fromisoformat(stored["anchor"]))
-        for key in ("half_life_days", "weight", "prior", "prior_learned"):
+        tuned = (stored.get("tuning") or {}).get("chosen") is not None  # chosen by the retrain, not configured
+        for key in ("prior", "prior_learned") if tuned else ("half_life_days", "weight", "prior", "prior_learned"):
             if configured[key] != stored.get(key, False):
                 notes.append(f"model.recency_{key} = {_setting(configured[key])} in the configuration, but this "
                              f"generation uses {_setting(stored.get(key, False))}")
@@ -345,10 +346,9 @@ def _first_period_sums(vocab: Vocabulary, items: np.ndarray, times: np.ndarray, 
                                    half_life_days=settings["half_life_days"])
 
 
-def _choose_recency_weight(config: AccreteConfig, training_data: pa.Table, user_vocab: Vocabulary,
-                           item_vocab: Vocabulary, train_dates: list[dt.date], settings: dict, prior: float, *,
-                           seed: int) -> tuning.WeightChoice:
-    """`pipeline.tuning.choose_recency_weight` on a full retrain's training data."""
+def _choose_recency(config: AccreteConfig, training_data: pa.Table, user_vocab: Vocabulary, item_vocab: Vocabulary,
+                    train_dates: list[dt.date], prior: float, *, seed: int) -> tuning.RecencyChoice:
+    """`pipeline.tuning.choose_recency` on a full retrain's training data."""
     users = user_vocab.lookup(training_data["user_id"])
     items = item_vocab.lookup(training_data["item_id"])
     times = training_data["timestamp"].to_numpy().astype(np.float64)
@@ -364,11 +364,12 @@ def _choose_recency_weight(config: AccreteConfig, training_data: pa.Table, user_
     if len(period_starts) == 1 and keep.any():  # one backlog partition: replay it in quarters of its time span
         low, high = float(times[keep].min()), float(times[keep].max())
         period_starts = np.array([period_starts[0], *(low + (high - low) * np.array([0.25, 0.5, 0.75]))])
-    return tuning.choose_recency_weight(
+    return tuning.choose_recency(
         users[keep], items[keep], times[keep], period_starts=period_starts,
         user_created=np.maximum(created(user_vocab), first - 1), item_created=np.maximum(created(item_vocab), first - 1),
-        candidates=model.recency_weight_candidates, min_users=model.recency_tune_min_users,
-        half_life_days=settings["half_life_days"], prior=prior, dim=model.dim, alpha=model.ials_alpha, l2=model.ials_l2,
+        weights=model.recency_weight_candidates, half_lives=model.recency_half_life_candidates or
+        (model.recency_half_life_days,), min_users=model.recency_tune_min_users, prior=prior, dim=model.dim,
+        alpha=model.ials_alpha, l2=model.ials_l2,
         iterations=model.ials_iterations, seed=seed, refold_active=model.user_policy == "refold_active")
 
 
@@ -783,15 +784,19 @@ def _full_retrain(config: AccreteConfig, data_dir: Path, store: Store, as_of: dt
             seed=_seed_for(config.model.seed, as_of, 4) % (2**31))
         recency = recency_settings(config, as_of)
         item_rows, item_times = _item_times(training_data, item_vocab)
+        if config.model.recency_weight_candidates:
+            progress("choosing the recency weight and half-life on the most recent periods")
+            guess = (recency_mod.learned_prior(_first_period_sums(item_vocab, item_rows, item_times, recency, freq,
+                                                                  min(train_dates)), recency["prior"])
+                     if recency["prior_learned"] else recency["prior"])
+            choice = _choose_recency(config, training_data, user_vocab, item_vocab, train_dates, guess,
+                                     seed=_seed_for(config.model.seed, as_of, 6) % (2**31))
+            if choice.weight is not None:
+                recency.update(weight=choice.weight, half_life_days=choice.half_life_days)
+            recency["tuning"] = choice.to_record()
         arrival_sums = (_first_period_sums(item_vocab, item_rows, item_times, recency, freq, min(train_dates))
                         if recency["prior_learned"] else None)
         prior = recency_mod.learned_prior(arrival_sums, recency["prior"]) if recency["prior_learned"] else recency["prior"]
-        if config.model.recency_weight_candidates:
-            progress("choosing the recency weight on the most recent periods")
-            choice = _choose_recency_weight(config, training_data, user_vocab, item_vocab, train_dates, recency, prior,
-                                            seed=_seed_for(config.model.seed, as_of, 6) % (2**31))
-            recency["weight"] = choice.weight if choice.weight is not None else recency["weight"]
-            recency["weight_tuning"] = choice.to_record()
         log_counts = _recency_add(_recency_arrivals(np.zeros(0), item_vocab, 0, recency, prior), item_rows, item_times,
                                   recency)
         state.item_bias = recency_mod.score_term(log_counts, recency["weight"])

@@ -1,4 +1,4 @@
-"""Choosing the weight of the time-aware score term from the store's own data, at every full retrain.
+"""Choosing the time-aware score term (its weight and half-life) from the store's own data, at every full retrain.
 
 How much a recommendation should lean on recent popularity depends on the data: on MovieLens weeks, with few
 users and little personal signal, a weight of 5 wins; on a world with strong tastes, any weight above 0 buries
@@ -8,8 +8,10 @@ The measurement replays what the nightly steps will do, on the most recent perio
 holdout), never on anything later: fit iALS on the interactions before the holdout; then, period by period,
 score every active user against every existing item once per candidate weight (Recall@10, the partition's new
 items cold with their arrival prior, the user's earlier items excluded: the nightly protocol), then fold the
-period in as a nightly step does (`models.ials.fold`, counts updated). The weight with the best mean Recall@10
-over the evaluated users wins; ties go to the smaller weight. The holdout is the shortest run of final periods
+period in as a nightly step does (`models.ials.fold`, counts updated). Each candidate half-life keeps its own
+counts. The (half-life, weight) pair with the best mean Recall@10 over the evaluated users wins; ties go to the
+smaller weight, then the longer half-life. How fast popularity should be forgotten is the data's too: after a
+regime shift, the counts of the last weeks predict, the counts of the last months mislead. The holdout is the shortest run of final periods
 with at least `min_users` evaluated users, and never more than half of the periods, so that the fit keeps most
 of the data.
 """
@@ -24,24 +26,28 @@ from pipeline import evaluation, recency
 
 
 @dataclass(frozen=True)
-class WeightChoice:
-    """The chosen weight and the evidence: mean Recall@10 per candidate over `users` evaluated users in the
-    `periods` final periods (from `holdout_start`, Unix seconds); `weight` None when the holdout was too small."""
+class RecencyChoice:
+    """The chosen term and the evidence: mean Recall@10 per (half-life days, weight) over `users` evaluated users
+    in the `periods` final periods (from `holdout_start`, Unix seconds). `weight` and `half_life_days` are None
+    when the holdout was too small: the configured values apply."""
 
     weight: float | None
-    recall: dict[float, float]
+    half_life_days: float | None
+    recall: dict[tuple[float, float], float]
     periods: int
     users: int
     holdout_start: float | None
 
     def to_record(self) -> dict:
-        return {"chosen": self.weight, "recall@10": {f"{w:g}": r for w, r in self.recall.items()},
+        return {"chosen": None if self.weight is None else {"half_life_days": self.half_life_days,
+                                                             "weight": self.weight},
+                "recall@10": {f"{h:g}d w={w:g}": r for (h, w), r in self.recall.items()},
                 "periods": self.periods, "users": self.users, "holdout_start": self.holdout_start}
 
 
 def holdout_periods(period_users: Sequence[int], min_users: int) -> int:
     """How many final periods form the holdout: the fewest whose active users sum to `min_users`, at most half of
-    the periods; 0 when even half of them hold fewer (the weight is then not tuned)."""
+    the periods; 0 when even half of them hold fewer (nothing is tuned)."""
     limit = len(period_users) // 2
     total = 0
     for n in range(1, limit + 1):
@@ -51,11 +57,11 @@ def holdout_periods(period_users: Sequence[int], min_users: int) -> int:
     return 0
 
 
-def choose_recency_weight(users: np.ndarray, items: np.ndarray, times: np.ndarray, *, period_starts: np.ndarray,
-                          user_created: np.ndarray, item_created: np.ndarray, candidates: Sequence[float],
-                          min_users: int, half_life_days: float, prior: float, dim: int, alpha: float, l2: float,
-                          iterations: int, seed: int, refold_active: bool) -> WeightChoice:
-    """Replay the holdout (module docstring) and return the weight with the best Recall@10.
+def choose_recency(users: np.ndarray, items: np.ndarray, times: np.ndarray, *, period_starts: np.ndarray,
+                   user_created: np.ndarray, item_created: np.ndarray, weights: Sequence[float],
+                   half_lives: Sequence[float], min_users: int, prior: float, dim: int, alpha: float, l2: float,
+                   iterations: int, seed: int, refold_active: bool) -> RecencyChoice:
+    """Replay the holdout (module docstring) and return the (half-life, weight) with the best Recall@10.
 
     Args:
         users, items, times: the training interactions (vocabulary rows, Unix seconds), any order.
@@ -64,20 +70,22 @@ def choose_recency_weight(users: np.ndarray, items: np.ndarray, times: np.ndarra
         user_created, item_created: Unix seconds of each row's creation (its first period), aligned with the rows
             (row 0 included, with any time before the first period); rows are in creation order (vocabularies
             append; otherwise nothing is tuned).
-        candidates: the weights to compare.
-        min_users, half_life_days, prior: the holdout size, and the term's settings (`pipeline.recency`).
+        weights, half_lives: the candidates, every pair compared.
+        min_users, prior: the holdout size, and a new item's pseudo-interactions (`pipeline.recency`).
         dim, alpha, l2, iterations, seed, refold_active: the iALS settings of the retrain and the nightly steps.
     """
+    from threadpoolctl import threadpool_limits
+
     from models import ials
 
     users, items, times = (np.asarray(a) for a in (users, items, times))
     period_of = np.searchsorted(period_starts, times, side="right") - 1
     period_users = [len(np.unique(users[period_of == p])) for p in range(len(period_starts))]
     n_holdout = holdout_periods(period_users, min_users)
-    candidates = sorted(float(w) for w in candidates)
+    pairs = sorted({(float(h), float(w)) for h in half_lives for w in weights})
     in_creation_order = bool(np.all(np.diff(user_created) >= 0) and np.all(np.diff(item_created) >= 0))
-    if n_holdout == 0 or not candidates or not in_creation_order:
-        return WeightChoice(None, {}, 0, 0, None)
+    if n_holdout == 0 or not pairs or not in_creation_order:
+        return RecencyChoice(None, None, {}, 0, 0, None)
     first = len(period_starts) - n_holdout
     start = float(period_starts[first])
     n_users, n_items = len(user_created), len(item_created)
@@ -86,66 +94,54 @@ def choose_recency_weight(users: np.ndarray, items: np.ndarray, times: np.ndarra
     user_vectors, item_vectors = ials.fit(
         ials.interaction_matrix(users[before], items[before], (n_users, n_items)), dim=dim, alpha=alpha, l2=l2,
         iterations=iterations, seed=seed)
-    trained_users = np.bincount(users[before], minlength=n_users) > 0
-    trained_items = np.bincount(items[before], minlength=n_items) > 0
-    user_vectors[~trained_users] = 0.0  # rows the fit never saw: solved from their first period on
-    item_vectors[~trained_items] = 0.0
+    user_vectors[np.bincount(users[before], minlength=n_users) == 0] = 0.0  # rows the fit never saw: solved
+    item_vectors[np.bincount(items[before], minlength=n_items) == 0] = 0.0  # from their first period on
+    counts = {h: _arrive(np.full(n_items, -np.inf), np.flatnonzero((item_created < start) & (np.arange(n_items) > 0)),
+                         item_created, prior, start, h) for h, _ in pairs}
+    counts = {h: recency.accumulate(c, items[before], times[before], anchor_s=start, half_life_days=h)
+              for h, c in counts.items()}
 
-    log_counts = np.full(n_items, -np.inf)
-    arrived = (item_created < start) & (np.arange(n_items) > 0)
-    if prior > 0:
-        log_counts[arrived] = np.log(prior) + recency.log_weights(item_created[arrived], start, half_life_days)
-    log_counts = recency.accumulate(log_counts, items[before], times[before], anchor_s=start,
-                                    half_life_days=half_life_days)
-
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(1, "blas"):  # small products per period: a threaded BLAS only adds contention
-        return _replay(users, items, times, period_of, period_starts, first, start, user_vectors, item_vectors,
-                       log_counts, user_created, item_created, candidates, n_holdout, half_life_days=half_life_days,
-                       prior=prior, alpha=alpha, l2=l2, refold_active=refold_active)
-
-
-def _replay(users, items, times, period_of, period_starts, first, start, user_vectors, item_vectors, log_counts,
-            user_created, item_created, candidates, n_holdout, *, half_life_days, prior, alpha, l2,
-            refold_active) -> WeightChoice:
-    """The period-by-period part of `choose_recency_weight`, from the fit before the holdout."""
-    from models import ials
-
-    n_users, n_items = len(user_created), len(item_created)
-    before = times < start
-    hits = {w: 0.0 for w in candidates}
+    hits = dict.fromkeys(pairs, 0.0)
     evaluated = 0
     history_users, history_items = users[before], items[before]
-    for p in range(first, len(period_starts)):
-        p_start = float(period_starts[p])
-        in_p = period_of == p
-        p_users, p_items = users[in_p], items[in_p]
-        n_old_users = int(np.searchsorted(user_created, p_start, side="left"))
-        n_old_items = int(np.searchsorted(item_created, p_start, side="left"))
-        p_end = float(period_starts[p + 1]) if p + 1 < len(period_starts) else np.inf
-        n_now_items = int(np.searchsorted(item_created, p_end, side="left"))
-        new = np.arange(n_old_items, n_now_items)
-        if prior > 0 and len(new):
-            log_counts[new] = np.logaddexp(log_counts[new], np.log(prior) + recency.log_weights(
-                item_created[new], start, half_life_days))
-        seen = evaluation.seen_matrix(history_users, history_items, n_users, n_items)
-        excluded = np.arange(n_now_items, n_items)
-        for weight in candidates:
-            scorer = evaluation.dot_scorer(user_vectors, item_vectors, recency.score_term(log_counts, weight))
-            metrics = evaluation.evaluate_prequential(scorer, test_users=p_users, test_items=p_items, n_items=n_items,
-                                                      seen=seen, ks=(10,), excluded_items=excluded)
-            hits[weight] += metrics["recall@10"] * metrics["users"] if metrics["users"] else 0.0
-        evaluated += int(metrics["users"])
-        ials.fold(user_vectors, item_vectors[:n_now_items], users=p_users, items=p_items,
-                  history_users=history_users, history_items=history_items, n_old_users=n_old_users,
-                  n_old_items=n_old_items, alpha=alpha, l2=l2, refold_active=refold_active)
-        log_counts = recency.accumulate(log_counts, p_items, times[in_p], anchor_s=start,
-                                        half_life_days=half_life_days)
-        history_users = np.concatenate([history_users, p_users])
-        history_items = np.concatenate([history_items, p_items])
+    with threadpool_limits(1, "blas"):  # small products per period: a threaded BLAS only adds contention
+        for p in range(first, len(period_starts)):
+            in_p = period_of == p
+            p_users, p_items = users[in_p], items[in_p]
+            p_start = float(period_starts[p])
+            p_end = float(period_starts[p + 1]) if p + 1 < len(period_starts) else np.inf
+            n_old_users = int(np.searchsorted(user_created, p_start, side="left"))
+            n_old_items = int(np.searchsorted(item_created, p_start, side="left"))
+            n_now_items = int(np.searchsorted(item_created, p_end, side="left"))
+            arriving = np.arange(n_old_items, n_now_items)
+            counts = {h: _arrive(c, arriving, item_created, prior, start, h) for h, c in counts.items()}
+            seen = evaluation.seen_matrix(history_users, history_items, n_users, n_items)
+            excluded = np.arange(n_now_items, n_items)
+            for h, w in pairs:
+                scorer = evaluation.dot_scorer(user_vectors, item_vectors, recency.score_term(counts[h], w))
+                metrics = evaluation.evaluate_prequential(scorer, test_users=p_users, test_items=p_items,
+                                                          n_items=n_items, seen=seen, ks=(10,), excluded_items=excluded)
+                hits[h, w] += metrics["recall@10"] * metrics["users"] if metrics["users"] else 0.0
+            evaluated += int(metrics["users"])
+            ials.fold(user_vectors, item_vectors[:n_now_items], users=p_users, items=p_items,
+                      history_users=history_users, history_items=history_items, n_old_users=n_old_users,
+                      n_old_items=n_old_items, alpha=alpha, l2=l2, refold_active=refold_active)
+            counts = {h: recency.accumulate(c, p_items, times[in_p], anchor_s=start, half_life_days=h)
+                      for h, c in counts.items()}
+            history_users = np.concatenate([history_users, p_users])
+            history_items = np.concatenate([history_items, p_items])
     if evaluated == 0:
-        return WeightChoice(None, {}, n_holdout, 0, start)
-    recall = {w: hits[w] / evaluated for w in candidates}
-    best = max(candidates, key=lambda w: (recall[w], -w))
-    return WeightChoice(best, recall, n_holdout, evaluated, start)
+        return RecencyChoice(None, None, {}, n_holdout, 0, start)
+    recall = {pair: hits[pair] / evaluated for pair in pairs}
+    half_life, weight = max(pairs, key=lambda pair: (recall[pair], -pair[1], pair[0]))
+    return RecencyChoice(weight, half_life, recall, n_holdout, evaluated, start)
+
+
+def _arrive(log_counts: np.ndarray, rows: np.ndarray, created: np.ndarray, prior: float, anchor: float,
+            half_life: float) -> np.ndarray:
+    """The rows' prior pseudo-interactions at their arrival, added to the anchored log counts."""
+    if prior > 0 and len(rows):
+        log_counts = log_counts.copy()
+        log_counts[rows] = np.logaddexp(log_counts[rows],
+                                        np.log(prior) + recency.log_weights(created[rows], anchor, half_life))
+    return log_counts

@@ -9,10 +9,11 @@ from pipeline.config import AccreteConfig
 from pipeline.incremental import run_full_retrain, run_incremental_step
 from pipeline.store import Store
 from pipeline.synthetic import generate_world
-from pipeline.tuning import choose_recency_weight, holdout_periods
+from pipeline.tuning import choose_recency, holdout_periods
 
 DAY = 86_400.0
 CANDIDATES = (0.0, 0.5, 1.0, 2.0, 5.0)
+HALF_LIVES = (1.0, 7.0, 30.0)
 
 
 @pytest.mark.parametrize("period_users, min_users, expected", [
@@ -27,10 +28,10 @@ def test_the_holdout_is_the_fewest_final_periods_with_enough_users_and_at_most_h
 
 
 def _choose(users, items, times, days, n_users, n_items):
-    return choose_recency_weight(
+    return choose_recency(
         np.asarray(users), np.asarray(items), np.asarray(times, float), period_starts=np.arange(days) * DAY,
-        user_created=np.full(n_users, -1.0), item_created=np.full(n_items, -1.0), candidates=CANDIDATES,
-        min_users=100, half_life_days=7.0, prior=1.0, dim=8, alpha=10.0, l2=10.0, iterations=10, seed=0,
+        user_created=np.full(n_users, -1.0), item_created=np.full(n_items, -1.0), weights=CANDIDATES,
+        half_lives=HALF_LIVES, min_users=100, prior=1.0, dim=8, alpha=10.0, l2=10.0, iterations=10, seed=0,
         refold_active=True)
 
 
@@ -46,7 +47,7 @@ def test_a_world_of_stable_tastes_gets_no_popularity_weight():
     times = rng.uniform(0, days * DAY, len(users))
     choice = _choose(users, items, times, days, n_users, n_items)
     assert choice.weight == 0.0, choice.recall
-    assert choice.recall[0.0] > 1.5 * choice.recall[5.0]
+    assert choice.recall[choice.half_life_days, 0.0] > 1.5 * max(choice.recall[h, 5.0] for h in HALF_LIVES)
 
 
 def test_a_world_of_trends_gets_a_popularity_weight():
@@ -59,12 +60,14 @@ def test_a_world_of_trends_gets_a_popularity_weight():
     trending = 1 + (era * 40 + rng.zipf(1.6, len(times)).clip(1, 40) - 1) % (n_items - 1)
     choice = _choose(users, trending, times, days, n_users, n_items)
     assert choice.weight is not None and choice.weight >= 1.0, choice.recall
-    assert choice.recall[choice.weight] > 1.2 * choice.recall[0.0]
+    assert choice.half_life_days == 1.0  # trends last two days: a month of memory would mislead
+    assert choice.recall[1.0, choice.weight] > 1.2 * choice.recall[1.0, 0.0]
+    assert choice.recall[1.0, choice.weight] > choice.recall[30.0, choice.weight]
 
 
 def test_too_short_a_history_keeps_the_configured_weight():
     choice = _choose([1, 2], [1, 2], [10.0, 20.0], 1, 3, 3)
-    assert choice.weight is None and choice.periods == 0 and choice.recall == {}
+    assert choice.weight is None and choice.half_life_days is None and choice.periods == 0 and choice.recall == {}
 
 
 @pytest.fixture(scope="module")
@@ -83,10 +86,13 @@ def retrained(tmp_path_factory):
 def test_a_retrain_records_the_weight_it_chose_and_why(retrained):
     store, _ = retrained
     recency = Store(store).manifest(1)["recency"]
-    tuning = recency["weight_tuning"]
-    assert tuning["chosen"] == recency["weight"] and tuning["periods"] >= 1 and tuning["users"] >= 200
-    assert set(tuning["recall@10"]) == {f"{w:g}" for w in CANDIDATES}
-    assert recency["weight"] == max(CANDIDATES, key=lambda w: (tuning["recall@10"][f"{w:g}"], -w))
+    tuning = recency["tuning"]
+    assert tuning["chosen"] == {"weight": recency["weight"], "half_life_days": recency["half_life_days"]}
+    assert tuning["periods"] >= 1 and tuning["users"] >= 200
+    pairs = [(h, w) for h in (7.0, 30.0, 120.0) for w in CANDIDATES]  # the configured candidates
+    assert set(tuning["recall@10"]) == {f"{h:g}d w={w:g}" for h, w in pairs}
+    best = max(tuning["recall@10"].values())
+    assert tuning["recall@10"][f"{recency['half_life_days']:g}d w={recency['weight']:g}"] == best
 
 
 def test_after_a_retrain_new_items_are_recommended_far_above_a_random_ranking(retrained):
@@ -109,5 +115,5 @@ def test_a_retrain_on_one_backlog_partition_tunes_on_the_quarters_of_its_time_sp
     store, _ = retrained
     data = store.parent / "data"
     run_full_retrain(data, tmp_path / "store", contract.list_partitions(data)[0], config=AccreteConfig())
-    tuning = Store(tmp_path / "store").manifest()["recency"]["weight_tuning"]
+    tuning = Store(tmp_path / "store").manifest()["recency"]["tuning"]
     assert tuning["chosen"] is not None and tuning["periods"] >= 1 and tuning["users"] >= 200
