@@ -273,7 +273,7 @@ def _verify_frozen_blocks(store: Store, version: int, manifest: dict[str, Any], 
             except (OSError, ValueError) as exc:
                 problems.append(f"{parent_dir / path.name}: unreadable table ({exc})")
                 continue
-            if theirs != digest:
+            if theirs != own:
                 problems.append(f"{path}: frozen {entity} rows 0..{rows - 1} differ from parent version {parent}'s")
 
 
