@@ -312,6 +312,7 @@ def verify_store(store_dir: str | Path) -> VerifyReport:
         return report
     report.leftovers = [p.name for p in store.leftovers(current)]
 
+    readable: dict[int, dict[str, Any]] = {}  # versions whose manifest is readable
     intact: dict[int, dict[str, Any]] = {}  # versions whose manifest and files are intact
     for version in sorted(v for v in version_dirs if v <= current):
         directory = version_dirs[version]
@@ -321,6 +322,7 @@ def verify_store(store_dir: str | Path) -> VerifyReport:
         manifest = _read_manifest(directory / MANIFEST, version, problems)
         if manifest is None:
             continue
+        readable[version] = manifest
         if _verify_files(directory, manifest, problems):
             intact[version] = manifest
             _verify_frozen_blocks(store, version, manifest, intact, problems)
@@ -331,7 +333,7 @@ def verify_store(store_dir: str | Path) -> VerifyReport:
                 problems.append(f"{directory / MANIFEST}: generation {manifest['generation']} does not follow "
                                 f"parent version {parent}'s ({intact[int(parent)]['generation']})")
 
-    current_manifest = intact.get(current)
+    current_manifest = readable.get(current)
     if current_manifest is not None:
         _verify_history(store, current_manifest, report)
     _verify_drift_log(store, report)
