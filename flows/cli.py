@@ -121,10 +121,12 @@ def _check_data(args: argparse.Namespace) -> list[dt.date]:
 
 
 def _require_store(args: argparse.Namespace) -> None:
-    """The store holds a readable current version (a nightly step or a backfill builds on it)."""
+    """The store holds an intact current version (a nightly step or a backfill builds on it): its files
+    are present with their checksums. A damaged store is refused before any Prefect API starts."""
     from pipeline.store import Store
 
-    Store(args.store).require_current()
+    store = Store(args.store)
+    store.verify_files(store.require_current())
 
 
 def _warn(command: str, result: dict[str, Any]) -> None:
@@ -163,7 +165,10 @@ def cmd_retrain(args: argparse.Namespace) -> None:
 
     if not any(day <= args.as_of for day in _check_data(args)):
         raise PartitionOrderError(f"{args.data}: no partition on or before {args.as_of}")
-    Store(args.store).current_version()  # an empty or new store is bootstrapped; a damaged one is an error
+    store = Store(args.store)
+    current = store.current_version()  # an empty or new store is bootstrapped; a damaged one is an error
+    if current is not None:
+        store.verify_files(current)
     _start_prefect_api()
     from flows.flows import full_retrain
 
@@ -241,6 +246,28 @@ def cmd_status(args: argparse.Namespace) -> None:
 
     status = store_status(args.store)
     print(_dumps(status) if args.json else format_status(status))
+
+
+def cmd_gc(args: argparse.Namespace) -> None:
+    from pipeline.maintenance import collect_garbage, format_gc
+
+    summary = collect_garbage(args.store, args.keep, args.keep_generations, dry_run=args.dry_run)
+    _print(summary if args.json else format_gc(summary), args.json)
+
+
+def cmd_verify(args: argparse.Namespace) -> None:
+    from pipeline.errors import StoreError
+    from pipeline.maintenance import verify_store
+
+    report = verify_store(args.store)
+    if args.json:
+        _print(report.to_dict(), True)
+    for problem in report.problems:
+        print(f"accrete verify: damaged: {problem}", file=sys.stderr)
+    if not report.ok:
+        raise StoreError(report.summary())
+    if not args.json:
+        print(report.summary())
 
 
 def cmd_dashboard(args: argparse.Namespace) -> None:
@@ -356,6 +383,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("status", cmd_status, "Current version, lineage and per-version metrics.", store=True)
 
+    p = command("gc", cmd_gc, "Delete old versions (never CURRENT, its parent, or a version between kept ones); "
+                              "prints what it freed.", store=True)
+    p.add_argument("--keep", type=_positive, required=True, help="keep the newest N versions")
+    p.add_argument("--keep-generations", type=int, default=0, metavar="G",
+                   help="also keep every version of the newest G generations (default 0)")
+    p.add_argument("--dry-run", action="store_true", help="print what would be freed, change nothing")
+
+    command("verify", cmd_verify, "Check CURRENT, every version's files and frozen blocks, the history and the "
+                                  "drift log; exit 2 naming each damaged file.", store=True)
+
     p = command("dashboard", cmd_dashboard, "Build the self-contained drift dashboard (HTML), optionally serve it.",
                 store=True)
     p.add_argument("--out", default=None, help="HTML file (default: STORE/dashboard.html)")
@@ -368,8 +405,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread as Ctrl-C raises KeyboardInterrupt, so that every `finally` runs:
+    the store lock is released, a half-written version is removed and the temporary Prefect API stops.
+    (While a flow runs, Prefect's own SIGTERM handler raises its `TerminationSignal` instead.)"""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def _interrupted(command: str, args: argparse.Namespace, signal_name: str) -> int:
+    """One line saying the run stopped and what is current now; the shell's exit code for the signal."""
+    import signal
+
+    state = ""
+    if getattr(args, "store", None) is not None:
+        from pipeline.store import Store, version_name
+
+        try:
+            current = Store(args.store).current_version()
+            state = f"; CURRENT is {version_name(current)}" if current else "; the store is still empty"
+        except AccreteError as exc:
+            state = f"; {_one_line(exc)}"
+    print(f"accrete {command}: stopped by {signal_name}, nothing half-written is left{state}", file=sys.stderr)
+    return 128 + int(getattr(signal, signal_name))
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
     args = build_parser().parse_args(argv)
+    if _in_main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
     # Prefect's per-run log would bury the one-line result, and its task/flow ERROR lines would repeat a
     # user's mistake before the one clear line below; a user's own settings win.
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
@@ -385,10 +453,23 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"accrete {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 1
+    except Terminated:
+        return _interrupted(args.command, args, "SIGTERM")
     except KeyboardInterrupt:
-        print(f"accrete {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return _interrupted(args.command, args, "SIGINT")
+    except BaseException as exc:
+        prefect_exceptions = sys.modules.get("prefect.exceptions")  # SIGTERM while a flow runs
+        if prefect_exceptions is None or not isinstance(exc, prefect_exceptions.TerminationSignal):
+            raise
+        return _interrupted(args.command, args, "SIGTERM")
     return 0
+
+
+def _in_main_thread() -> bool:
+    """Signal handlers can only be installed from the main thread (tests call `main` from others)."""
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 def _one_line(exc: BaseException) -> str:

@@ -227,7 +227,8 @@ def _embedding_view(store: Store, version: int, manifest: dict[str, Any]) -> Emb
 def collect_dashboard_data(store_dir: str | Path) -> DashboardData:
     """Read the drift history, every published manifest and the current item table of a store.
 
-    History rows of versions that are not published (a crashed run's leftovers) are dropped.
+    History rows of versions newer than CURRENT (not published) are dropped; rows of versions that
+    `accrete gc` deleted are kept (the manifests, and so the version rows, cover kept versions only).
 
     Raises:
         StoreError: the store is missing, empty or damaged.
@@ -239,7 +240,8 @@ def collect_dashboard_data(store_dir: str | Path) -> DashboardData:
     versions = pd.DataFrame([_version_row(m) for m in manifests])
     history = read_drift_history(store.root / DRIFT)
     if len(history):
-        history = history[history["version"].isin(published)].reset_index(drop=True)
+        # Records of versions `accrete gc` deleted stay; a record newer than CURRENT is not published.
+        history = history[history["version"] <= current].reset_index(drop=True)
     current_manifest = manifests[-1] if manifests and manifests[-1]["version"] == current else store.manifest(current)
     return DashboardData(store=str(store.root.resolve()), history=history, versions=versions,
                          current=current_manifest, embedding=_embedding_view(store, current, current_manifest))

@@ -286,6 +286,35 @@ def _empty_history() -> pd.DataFrame:
     return HISTORY_SCHEMA.empty_table().to_pandas()
 
 
+def _read_record_table(path: Path) -> pa.Table | None:
+    """One drift history file as a one-row table; None when the name is not a record's."""
+    match = _FILE_PATTERN.match(path.name)
+    if not match:
+        return None
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise StoreError(f"{path}: damaged drift history file ({exc})") from None
+    if table.num_rows != 1 or "date" not in table.column_names or "version" not in table.column_names:
+        raise StoreError(f"{path}: damaged drift history file (expected one row with date and version)")
+    row = table.select(["date", "version"]).to_pylist()[0]
+    if row["date"] != match.group(1) or row["version"] != int(match.group(2)):
+        raise StoreError(f"{path}: damaged drift history file (holds date {row['date']} version "
+                         f"{row['version']}, its name says {match.group(1)} version {int(match.group(2))})")
+    return table
+
+
+def read_drift_record(path: str | Path) -> dict | None:
+    """One drift history file's record (date, version, metrics, decision); None when the file name is
+    not a record's (e.g. an interrupted append's temporary file).
+
+    Raises:
+        StoreError: the file is unreadable, is not a single row, or does not match its name.
+    """
+    table = _read_record_table(Path(path))
+    return None if table is None else table.to_pylist()[0]
+
+
 def read_drift_history(directory: str | Path) -> pd.DataFrame:
     """All drift records in `directory`, sorted by (date, version), one row per step.
 
@@ -299,22 +328,8 @@ def read_drift_history(directory: str | Path) -> pd.DataFrame:
     directory = Path(directory)
     if not directory.is_dir():
         return _empty_history()
-    tables = []
-    for path in sorted(directory.glob("*.parquet")):
-        match = _FILE_PATTERN.match(path.name)
-        if not match:
-            continue
-        try:
-            table = pq.read_table(path)
-        except (pa.ArrowException, OSError) as exc:
-            raise StoreError(f"{path}: damaged drift history file ({exc})") from None
-        if table.num_rows != 1 or "date" not in table.column_names or "version" not in table.column_names:
-            raise StoreError(f"{path}: damaged drift history file (expected one row with date and version)")
-        row = table.select(["date", "version"]).to_pylist()[0]
-        if row["date"] != match.group(1) or row["version"] != int(match.group(2)):
-            raise StoreError(f"{path}: damaged drift history file (holds date {row['date']} version "
-                             f"{row['version']}, its name says {match.group(1)} version {int(match.group(2))})")
-        tables.append(table)
+    tables = [table for path in sorted(directory.glob("*.parquet"))
+              if (table := _read_record_table(path)) is not None]
     if not tables:
         return _empty_history()
     try:

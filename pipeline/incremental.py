@@ -17,6 +17,7 @@ drift reference and quality baseline.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,7 @@ from pipeline.config import AccreteConfig
 from pipeline.errors import PartitionOrderError, StoreError
 from pipeline.faults import maybe_fail
 from pipeline.reservoir import ReplayReservoir
-from pipeline.store import ModelState, Store, sha256_of_array
+from pipeline.store import ModelState, Store, _json_default, sha256_of_array
 from pipeline.vocabulary import Vocabulary
 
 Progress = Callable[[str], None]
@@ -712,6 +713,11 @@ def _full_retrain(config: AccreteConfig, data_dir: Path, store: Store, as_of: dt
     timings: dict[str, float] = {}
     clock = time.perf_counter()
     current = store.load() if store.exists() else None
+    if current and _is_same_retrain(current.manifest, config, as_of, window_days):
+        # A rerun after a crash or kill that came after the publish: the version is already this retrain
+        # (trained from the same data and settings, it would come out bit-identical).
+        return StepResult("skipped", current.version, as_of, current.manifest,
+                          f"version {current.version} is already the full retrain as of {as_of}; nothing to do")
     consumed = set(current.partitions) if current else set()
     available = contract.list_partitions(data_dir)
     dates = [d for d in available if d <= as_of]
@@ -857,6 +863,13 @@ def _full_retrain(config: AccreteConfig, data_dir: Path, store: Store, as_of: dt
     store.publish(state, manifest, quarantine=quarantine)
     return StepResult("full_retrain", version, as_of, state.manifest,
                       f"full retrain as of {as_of}: version {version}, generation {manifest['generation']}")
+
+
+def _is_same_retrain(manifest: dict[str, Any], config: AccreteConfig, as_of: dt.date, window_days: int | None) -> bool:
+    """Whether `manifest` is a full retrain as of `as_of` with the same window and settings."""
+    settings = json.loads(json.dumps(config.to_dict(), default=_json_default))
+    return (manifest.get("kind") == "full_retrain" and manifest.get("as_of") == as_of.isoformat()
+            and manifest.get("window_days") == window_days and manifest.get("config") == settings)
 
 
 def _compact(store: Store, current: ModelState, active_since: dt.date):

@@ -45,6 +45,10 @@ HISTORY = "history"
 DRIFT = "drift"
 MANIFEST = "manifest.json"
 FORMAT = 1
+#: Name prefixes inside versions/: a version being written, and a version `accrete gc` is deleting.
+STAGING_PREFIX = ".tmp-"
+TRASH_PREFIX = ".trash-"
+DAMAGED_HINT = "`accrete verify` lists every problem"
 
 TABLE_FILES = ("user_vectors", "item_vectors", "user_bias", "item_bias")
 
@@ -146,12 +150,7 @@ class Store:
         manifest = self.manifest(version)
         directory = self.version_dir(version)
         if verify:
-            for name, digest in manifest.get("files", {}).items():
-                path = directory / name
-                if not path.exists():
-                    raise StoreError(f"{path}: missing from version {version}")
-                if _file_sha256(path) != digest:
-                    raise StoreError(f"{path}: checksum mismatch (the version is damaged)")
+            self.verify_files(version, manifest)
         arrays = {}
         for name in TABLE_FILES:
             path = directory / f"{name}.npy"
@@ -170,6 +169,25 @@ class Store:
             manifest=manifest,
             **arrays,
         )
+
+    def verify_files(self, version: int, manifest: dict[str, Any] | None = None) -> None:
+        """Every file the version's manifest lists is present with its recorded checksum (the cheap
+        check a run makes of the version it builds on; `pipeline.maintenance.verify_store` checks all).
+
+        Raises:
+            StoreError: naming the first missing or damaged file.
+        """
+        manifest = self.manifest(version) if manifest is None else manifest
+        directory = self.version_dir(version)
+        files = manifest.get("files")
+        if not isinstance(files, dict) or not files:
+            raise StoreError(f"{directory / MANIFEST}: damaged manifest: no file checksums ({DAMAGED_HINT})")
+        for name, digest in files.items():
+            path = directory / name
+            if not path.is_file():
+                raise StoreError(f"{path}: missing from version {version} ({DAMAGED_HINT})")
+            if _file_sha256(path) != digest:
+                raise StoreError(f"{path}: checksum mismatch, version {version} is damaged ({DAMAGED_HINT})")
 
     # ----- history of consumed partitions ----------------------------------------------------------
     def history_path(self, date: dt.date) -> Path:
@@ -277,8 +295,23 @@ class Store:
         versions_dir = self.root / VERSIONS
         versions_dir.mkdir(parents=True, exist_ok=True)
         self._remove_leftovers(current or 0)
-        tmp = versions_dir / f".tmp-{version_name(version)}-{os.getpid()}"
+        tmp = versions_dir / f"{STAGING_PREFIX}{version_name(version)}-{os.getpid()}"
+        final = self.version_dir(version)
         tmp.mkdir()
+        try:
+            self._write_version(tmp, final, state, manifest, quarantine)
+        except BaseException:
+            # Interrupted (Ctrl-C, SIGTERM) or failed before CURRENT switched: leave no half-written
+            # version behind. (A SIGKILL skips this; the next publish removes the leftovers.)
+            if self.current_version() != version:
+                for path in (tmp, final):
+                    shutil.rmtree(path, ignore_errors=True)
+            raise
+        return version
+
+    def _write_version(self, tmp: Path, final: Path, state: ModelState, manifest: dict[str, Any],
+                       quarantine: pa.Table | None) -> None:
+        version = int(manifest["version"])
         for name in TABLE_FILES:
             _save_npy(tmp / f"{name}.npy", getattr(state, name))
         state.user_vocab.save(tmp / "user_vocab.parquet")
@@ -296,25 +329,35 @@ class Store:
             _fsync_file(path)
         _fsync_dir(tmp)
         maybe_fail("publish:before-rename")
-        final = self.version_dir(version)
         os.rename(tmp, final)
-        _fsync_dir(versions_dir)
+        _fsync_dir(final.parent)
         maybe_fail("publish:before-pointer")
         pointer_tmp = self.root / f".{CURRENT}.tmp"
         pointer_tmp.write_text(version_name(version) + "\n")
         _fsync_file(pointer_tmp)
         os.replace(pointer_tmp, self.root / CURRENT)
         _fsync_dir(self.root)
-        maybe_fail("publish:after-pointer")
         state.manifest = manifest
-        return version
+        maybe_fail("publish:after-pointer")
+
+    def leftovers(self, current: int | None = None) -> list[Path]:
+        """Directories under versions/ that a crashed or killed run left behind: a version being
+        written, one written but never made current, one `accrete gc` was deleting."""
+        current = self.current_version() if current is None else current
+        directory = self.root / VERSIONS
+        if not directory.is_dir():
+            return []
+        found = []
+        for path in sorted(directory.iterdir()):
+            unpublished = path.name.startswith("v") and path.name[1:].isdigit() and int(path.name[1:]) > (current or 0)
+            if path.name.startswith((STAGING_PREFIX, TRASH_PREFIX)) or unpublished:
+                found.append(path)
+        return found
 
     def _remove_leftovers(self, current: int) -> None:
-        """Remove temporary and unpublished version directories that a crashed run left behind."""
-        for path in (self.root / VERSIONS).iterdir():
-            unpublished = path.name.startswith("v") and path.name[1:].isdigit() and int(path.name[1:]) > current
-            if path.name.startswith(".tmp-") or unpublished:
-                shutil.rmtree(path)
+        """Remove the leftovers of crashed runs (see `leftovers`); only a run holding the lock calls it."""
+        for path in self.leftovers(current):
+            shutil.rmtree(path)
 
 
 # ----- file helpers ---------------------------------------------------------------------------------

@@ -1,0 +1,381 @@
+"""Keeping a store healthy for months of nightly runs: delete old versions safely (`collect_garbage`) and
+check everything a store holds against its manifests (`verify_store`).
+
+Every version is a full copy of the tables (they grow with the catalogue), so a store that publishes a
+version a night grows without bound; see docs/operations.md for measured sizes. Garbage collection
+keeps CURRENT, the newest versions, optionally whole recent generations, and what CURRENT's lineage
+still needs; it deletes the rest by first renaming each doomed version to a trash name (atomic: the
+version is either there and intact or gone) and only then removing the trash, so a crash at any
+moment leaves a store that loads and verifies. The next `gc` or publish removes a crash's trash.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.decision import read_drift_record
+from pipeline.errors import StoreError
+from pipeline.faults import maybe_fail
+from pipeline.store import (CURRENT, DRIFT, HISTORY, MANIFEST, TRASH_PREFIX, VERSIONS, Store, _file_sha256,
+                            _fsync_dir, sha256_of_array, version_name)
+
+
+def _tree_bytes(path: Path) -> int:
+    """Bytes held by the files under `path` (apparent sizes)."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+# ----- garbage collection ------------------------------------------------------------------------------
+@dataclass
+class GcPlan:
+    """What `collect_garbage` keeps and deletes, and why each kept version is kept."""
+
+    current: int
+    kept: dict[int, list[str]]  # version -> reasons
+    removed: list[int]
+    removed_bytes: int
+    history_files: list[Path]  # superseded consolidated history files (a cache)
+    leftovers: list[Path]  # directories crashed runs left under versions/
+    other_bytes: int = 0
+
+    def summary(self, store: Store, dry_run: bool) -> dict[str, Any]:
+        return {"store": str(store.root), "current": self.current, "dry_run": dry_run,
+                "kept": sorted(self.kept), "kept_reasons": {version_name(v): r for v, r in sorted(self.kept.items())},
+                "removed": self.removed, "removed_versions": len(self.removed),
+                "removed_history_files": [p.name for p in self.history_files],
+                "removed_leftovers": [p.name for p in self.leftovers],
+                "freed_bytes": self.removed_bytes + self.other_bytes}
+
+
+def plan_gc(store_dir: str | Path, keep: int, keep_generations: int = 0) -> GcPlan:
+    """Which versions `collect_garbage` would delete.
+
+    Kept: CURRENT; the newest `keep` versions; every version of the newest `keep_generations`
+    generations (a generation starts at a full retrain); CURRENT's parent (`nightly --force` rebuilds
+    from it) and its ancestors back to the nearest one with quality metrics (the next nightly's report
+    compares against it); and every version from the oldest kept one on, so a delta export between two
+    kept versions still sees every step's manifest in between (it checks frozen rows through them).
+    """
+    if keep < 1:
+        raise StoreError(f"--keep must be at least 1 (CURRENT is always kept), got {keep}")
+    if keep_generations < 0:
+        raise StoreError(f"--keep-generations must be >= 0, got {keep_generations}")
+    store = Store(store_dir)
+    current = store.require_current()
+    manifests = {v: store.manifest(v) for v in store.versions()}
+    kept: dict[int, list[str]] = {}
+
+    def hold(version: int, reason: str) -> None:
+        kept.setdefault(version, []).append(reason)
+
+    hold(current, "CURRENT")
+    for version in sorted(manifests)[-keep:]:
+        hold(version, f"newest {keep}")
+    generations = sorted({int(m["generation"]) for m in manifests.values()})[-keep_generations:] if keep_generations else []
+    for version, manifest in manifests.items():
+        if int(manifest["generation"]) in generations:
+            hold(version, f"generation {manifest['generation']}")
+    parent = manifests[current].get("parent")
+    if parent is not None and int(parent) in manifests:
+        hold(int(parent), "parent of CURRENT")
+    version = current
+    while version in manifests and not manifests[version].get("metrics"):
+        version = manifests[version].get("parent")
+        if version is None or int(version) not in manifests:
+            break
+        version = int(version)
+        hold(version, "nearest ancestor with metrics")
+    oldest_recent = min(v for v, reasons in kept.items() if any(r.startswith(("newest", "generation", "CURRENT"))
+                                                                     for r in reasons))
+    for version in manifests:
+        if version > oldest_recent and version not in kept:
+            hold(version, "between kept versions")
+    removed = sorted(v for v in manifests if v not in kept)
+    leftovers = store.leftovers(current)
+    history_files = _superseded_history_bases(store, manifests[current])
+    return GcPlan(current=current, kept=kept, removed=removed,
+                  removed_bytes=sum(_tree_bytes(store.version_dir(v)) for v in removed),
+                  history_files=history_files, leftovers=leftovers,
+                  other_bytes=sum(_tree_bytes(p) for p in [*leftovers, *history_files]))
+
+
+def _superseded_history_bases(store: Store, current_manifest: dict[str, Any]) -> list[Path]:
+    """Consolidated history files older than the newest one CURRENT reads (`Store.read_history` uses
+    only that one; every base is a cache of the per-partition files, which are never deleted)."""
+    consumed = set(current_manifest.get("partitions", []))
+    bases = sorted((store.root / HISTORY).glob("base-until=*.parquet"))
+    for index in range(len(bases) - 1, -1, -1):
+        try:
+            covered = json.loads((pq.read_schema(bases[index]).metadata or {})[b"accrete.dates"])
+        except (OSError, pa.ArrowInvalid, KeyError, ValueError):
+            continue
+        if set(covered) <= consumed:
+            return bases[:index]
+    return []
+
+
+def collect_garbage(store_dir: str | Path, keep: int, keep_generations: int = 0, *,
+                    dry_run: bool = False) -> dict[str, Any]:
+    """Delete the versions `plan_gc` does not keep, crashed runs' leftovers and superseded history
+    caches; returns what was (or, with `dry_run`, would be) freed.
+
+    Holds the store lock (a dry run takes none and changes nothing). Refuses a store whose CURRENT
+    version is damaged. Doomed versions are renamed to trash names oldest first, the directory is
+    fsynced, and only then is the trash removed.
+    """
+    store = Store(store_dir)
+    if dry_run:
+        store.verify_files(store.require_current())
+        return plan_gc(store_dir, keep, keep_generations).summary(store, dry_run=True)
+    with store.lock(f"gc --keep {keep} --keep-generations {keep_generations}"):
+        store.verify_files(store.require_current())
+        plan = plan_gc(store_dir, keep, keep_generations)
+        for path in plan.leftovers:
+            shutil.rmtree(path)
+        versions_dir = store.root / VERSIONS
+        trash = []
+        for version in plan.removed:
+            target = versions_dir / f"{TRASH_PREFIX}{version_name(version)}-{os.getpid()}"
+            os.rename(store.version_dir(version), target)
+            trash.append(target)
+            maybe_fail("gc:renamed-one")
+        _fsync_dir(versions_dir)
+        maybe_fail("gc:before-delete")
+        for target in trash:
+            shutil.rmtree(target)
+        for path in plan.history_files:
+            path.unlink()
+        return plan.summary(store, dry_run=False)
+
+
+def format_gc(summary: dict[str, Any]) -> str:
+    """One line of what `accrete gc` freed (or would free)."""
+    removed = summary["removed"]
+    span = (f"{version_name(removed[0])}..{version_name(removed[-1])}" if len(removed) > 1
+            else version_name(removed[0]) if removed else "none")
+    kept = summary["kept"]
+    verb = "would free" if summary["dry_run"] else "freed"
+    extra = []
+    if summary["removed_history_files"]:
+        extra.append(f"{len(summary['removed_history_files'])} superseded history file(s)")
+    if summary["removed_leftovers"]:
+        extra.append(f"{len(summary['removed_leftovers'])} crash leftover(s)")
+    return (f"{verb} {summary['removed_versions']} version(s) ({span})" + (f" and {', '.join(extra)}" if extra else "")
+            + f": {summary['freed_bytes'] / 1e6:.1f} MB; kept {len(kept)} version(s) "
+              f"({version_name(kept[0])}..{version_name(kept[-1])}), CURRENT {version_name(summary['current'])}")
+
+
+# ----- verification ------------------------------------------------------------------------------------
+@dataclass
+class VerifyReport:
+    """The problems `verify_store` found (each "PATH: what is wrong") and what it checked."""
+
+    store: str
+    problems: list[str] = field(default_factory=list)
+    current: int | None = None
+    versions: int = 0
+    history_files: int = 0
+    drift_records: int = 0
+    leftovers: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def summary(self) -> str:
+        checked = (f"{self.versions} version(s), CURRENT {version_name(self.current) if self.current else '-'}, "
+                   f"{self.history_files} history file(s), {self.drift_records} drift record(s)")
+        if self.leftovers:
+            checked += f"; {len(self.leftovers)} crash leftover(s) the next run removes"
+        if self.ok:
+            return f"store {self.store}: OK ({checked})"
+        return f"store {self.store} is damaged: {len(self.problems)} problem(s) ({checked})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"store": self.store, "ok": self.ok, "problems": self.problems, "current": self.current,
+                "versions": self.versions, "history_files": self.history_files,
+                "drift_records": self.drift_records, "leftovers": self.leftovers, "summary": self.summary()}
+
+
+def _read_manifest(path: Path, version: int, problems: list[str]) -> dict[str, Any] | None:
+    if not path.is_file():
+        problems.append(f"{path}: missing (version {version} has no manifest)")
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        problems.append(f"{path}: damaged manifest ({exc})")
+        return None
+    missing = [key for key in ("version", "generation", "kind", "files", "rows") if key not in manifest] \
+        if isinstance(manifest, dict) else ["(not an object)"]
+    if missing:
+        problems.append(f"{path}: damaged manifest (no {', '.join(missing)})")
+        return None
+    if manifest["version"] != version:
+        problems.append(f"{path}: damaged manifest (says version {manifest['version']}, directory is {version})")
+        return None
+    return manifest
+
+
+def _verify_files(directory: Path, manifest: dict[str, Any], problems: list[str]) -> bool:
+    intact = True
+    for name, digest in manifest["files"].items():
+        path = directory / name
+        if not path.is_file():
+            problems.append(f"{path}: missing")
+            intact = False
+        elif _file_sha256(path) != digest:
+            problems.append(f"{path}: checksum mismatch (sha256 differs from the manifest's)")
+            intact = False
+    return intact
+
+
+def _frozen_block(directory: Path, entity: str, rows: int) -> str:
+    vectors = np.load(directory / f"{entity}_vectors.npy", mmap_mode="r")
+    return sha256_of_array(vectors[:rows])
+
+
+def _verify_frozen_blocks(store: Store, version: int, manifest: dict[str, Any], intact: dict[int, dict],
+                          problems: list[str]) -> None:
+    """The frozen blocks recorded in the manifest (`frozen_checksum`: rows before `<entity>_trainable_from`)
+    match the tables, and, within a generation, match the parent's rows: the rows frozen by the step are
+    bit-identical to the version it built on."""
+    directory = store.version_dir(version)
+    parent = manifest.get("parent")
+    same_generation = (parent is not None and int(parent) in intact and manifest["kind"] == "incremental"
+                       and intact[int(parent)]["generation"] == manifest["generation"])
+    fine_tuned = (manifest.get("config", {}).get("model", {}).get("frozen_lr_multiplier", 0.0) or 0.0) > 0
+    for entity, digest in (manifest.get("frozen_checksum") or {}).items():
+        rows = int(manifest["rows"].get(f"{entity}_trainable_from", 0))
+        path = directory / f"{entity}_vectors.npy"
+        try:
+            own = _frozen_block(directory, entity, rows)
+        except (OSError, ValueError) as exc:
+            problems.append(f"{path}: unreadable table ({exc})")
+            continue
+        if not fine_tuned and own != digest:
+            problems.append(f"{path}: frozen block (rows 0..{rows - 1}) does not match the manifest's frozen_checksum")
+        if same_generation and not fine_tuned:
+            parent_dir = store.version_dir(int(parent))
+            try:
+                theirs = _frozen_block(parent_dir, entity, rows)
+            except (OSError, ValueError) as exc:
+                problems.append(f"{parent_dir / path.name}: unreadable table ({exc})")
+                continue
+            if theirs != own:
+                problems.append(f"{path}: frozen {entity} rows 0..{rows - 1} differ from parent version {parent}'s")
+
+
+def verify_store(store_dir: str | Path) -> VerifyReport:
+    """Check CURRENT, every published version's files and frozen blocks, the consumed-partition history
+    and the drift log. Read-only (no lock); a problem is reported, never repaired.
+
+    Leftovers of crashed runs (a version being written, one never made current, gc trash), a missing
+    drift record of the newest version (the next run appends it) and history of a partition no version
+    consumed are not damage: the next run cleans or completes them.
+
+    Raises:
+        StoreError: the directory is not a store at all (missing, or no CURRENT and no versions).
+    """
+    store = Store(store_dir)
+    root = store.root
+    if not root.is_dir():
+        raise StoreError(f"{root}: no such store directory")
+    report = VerifyReport(store=str(root))
+    problems = report.problems
+    version_dirs = {int(p.name[1:]): p for p in (root / VERSIONS).glob("v[0-9]*")
+                    if p.is_dir() and p.name[1:].isdigit()} if (root / VERSIONS).is_dir() else {}
+    pointer = root / CURRENT
+    if not pointer.exists():
+        if not version_dirs:
+            raise StoreError(f"{root}: not a store (no {CURRENT} and no versions)")
+        problems.append(f"{pointer}: missing ({len(version_dirs)} version directories exist)")
+        return report
+    text = pointer.read_text().strip()
+    if not (text.startswith("v") and text[1:].isdigit()):
+        problems.append(f"{pointer}: damaged pointer {text!r} (expected e.g. v000003)")
+        return report
+    report.current = current = int(text[1:])
+    if current not in version_dirs:
+        problems.append(f"{pointer}: points at {text}, which does not exist")
+        return report
+    report.leftovers = [p.name for p in store.leftovers(current)]
+
+    readable: dict[int, dict[str, Any]] = {}  # versions whose manifest is readable
+    intact: dict[int, dict[str, Any]] = {}  # versions whose manifest and files are intact
+    for version in sorted(v for v in version_dirs if v <= current):
+        directory = version_dirs[version]
+        if not directory.exists():
+            continue  # deleted by a concurrent gc
+        report.versions += 1
+        manifest = _read_manifest(directory / MANIFEST, version, problems)
+        if manifest is None:
+            continue
+        readable[version] = manifest
+        if _verify_files(directory, manifest, problems):
+            intact[version] = manifest
+            _verify_frozen_blocks(store, version, manifest, intact, problems)
+        parent = manifest.get("parent")
+        if parent is not None and int(parent) in intact:
+            expected = intact[int(parent)]["generation"] + (1 if manifest["kind"] == "full_retrain" else 0)
+            if manifest["generation"] != expected:
+                problems.append(f"{directory / MANIFEST}: generation {manifest['generation']} does not follow "
+                                f"parent version {parent}'s ({intact[int(parent)]['generation']})")
+
+    current_manifest = readable.get(current)
+    if current_manifest is not None:
+        _verify_history(store, current_manifest, report)
+    _verify_drift_log(store, report)
+    return report
+
+
+def _verify_history(store: Store, manifest: dict[str, Any], report: VerifyReport) -> None:
+    """Every partition CURRENT consumed has a readable history file; consolidated files are readable."""
+    for day in manifest.get("partitions", []):
+        path = store.history_path(dt.date.fromisoformat(day))
+        report.history_files += 1
+        if not path.is_file():
+            report.problems.append(f"{path}: missing (history of consumed partition {day})")
+            continue
+        try:
+            table = pq.read_table(path)
+        except (OSError, pa.ArrowInvalid) as exc:
+            report.problems.append(f"{path}: unreadable history ({exc})")
+            continue
+        absent = {"user_id", "item_id", "timestamp"} - set(table.column_names)
+        if absent:
+            report.problems.append(f"{path}: damaged history (no column {', '.join(sorted(absent))})")
+    for path in sorted((store.root / HISTORY).glob("base-until=*.parquet")):
+        report.history_files += 1
+        try:
+            json.loads((pq.read_schema(path).metadata or {})[b"accrete.dates"])
+            pq.read_table(path)
+        except (OSError, pa.ArrowInvalid, KeyError, ValueError) as exc:
+            report.problems.append(f"{path}: damaged consolidated history, a cache: delete it ({exc})")
+
+
+def _verify_drift_log(store: Store, report: VerifyReport) -> None:
+    """Every record of the drift log is one readable row matching its file name."""
+    directory = store.root / DRIFT
+    if not directory.is_dir():
+        return
+    for path in sorted(directory.glob("*.parquet")):
+        try:
+            record = read_drift_record(path)
+        except StoreError as exc:
+            report.problems.append(str(exc))
+            continue
+        if record is None:
+            continue  # not a record's name (e.g. an interrupted append's temporary file)
+        report.drift_records += 1

@@ -1,0 +1,50 @@
+"""Fixtures of the pipeline tests shared by several modules: a small store with two generations (real
+Parquet, real iALS), used by the gc and verify tests."""
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pipeline import contract
+from pipeline.config import AccreteConfig
+from pipeline.incremental import run_full_retrain, run_incremental_step
+from pipeline.synthetic import generate_world
+
+IALS_SMALL = AccreteConfig().replace(model={"dim": 8})
+
+
+@pytest.fixture(scope="module")
+def gen_world(tmp_path_factory) -> Path:
+    data = tmp_path_factory.mktemp("world") / "data"
+    generate_world(data, days=7, seed=5, initial_users=300, initial_items=200, new_users_per_day=10,
+                   new_items_per_day=5, interactions_per_day=800, initial_interactions=6000)
+    return data
+
+
+@pytest.fixture(scope="module")
+def gen_dates(gen_world) -> list[dt.date]:
+    return contract.list_partitions(gen_world)
+
+
+@pytest.fixture(scope="module")
+def two_generations(gen_world, gen_dates, tmp_path_factory) -> Path:
+    """v1 retrain (generation 1), v2-v3 steps, v4 retrain as of the third day (generation 2), v5-v6 steps.
+    Read-only: tests copy it."""
+    store = tmp_path_factory.mktemp("two-generations") / "store"
+    run_full_retrain(gen_world, store, gen_dates[0], config=IALS_SMALL)
+    run_incremental_step(gen_world, store, config=IALS_SMALL)
+    run_incremental_step(gen_world, store, config=IALS_SMALL)
+    run_full_retrain(gen_world, store, gen_dates[2], config=IALS_SMALL)
+    run_incremental_step(gen_world, store, config=IALS_SMALL)
+    run_incremental_step(gen_world, store, config=IALS_SMALL)
+    return store
+
+
+@pytest.fixture
+def gen_store(two_generations, tmp_path) -> Path:
+    copy = tmp_path / "store"
+    shutil.copytree(two_generations, copy)
+    return copy
