@@ -150,3 +150,56 @@ def test_the_nightly_schedule_makes_the_server_schedule_runs(prefect_server, wor
         while time.monotonic() < deadline and not scheduled():
             time.sleep(2)
         assert scheduled() > 0
+
+
+def _prefect_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    """`prefect ARGS...` in a subprocess, on a terminal wide enough that no table cell wraps."""
+    return subprocess.run([sys.executable, "-m", "prefect", *args], capture_output=True, text=True, timeout=120,
+                          env={**env, "COLUMNS": "250"})
+
+
+def test_prefect_listing_commands_and_the_cancellation_poll_answer_with_accrete_runs_on_the_server(
+        prefect_server, world, make_store, config_path, run_cli):
+    """`prefect deployment ls`, `prefect flow-run ls` and `prefect artifact ls` list Accrete's deployment, a
+    nightly run and its artifacts, and the runner's cancellation poll query (what `accrete serve` falls back to
+    when the events websocket drops) is answered.
+
+    Each of these requests sends its unset filters, limit and sort as JSON nulls; a server built on FastAPI
+    0.151 or later validates those nulls instead of taking the defaults, and answers 422 Unprocessable Entity."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.deployments import build_deployments
+    from flows.flows import NIGHTLY_SUMMARY_KEY
+
+    api, env = prefect_server
+    store = make_store(world, name="listed-store")
+    with temporary_settings(updates={PREFECT_API_URL: api}):
+        backfill = build_deployments(world, store, config_path=config_path)[1]
+        backfill.name = "listed"
+        backfill.apply()
+
+    nightly = run_cli("nightly", "--data", world, "--store", store, "--config", config_path, PREFECT_API_URL=api)
+    assert nightly.returncode == 0, nightly.stderr
+
+    # The server is shared with the other tests of this module: the scheduler may have added runs of theirs,
+    # so the nightly run is looked for among completed ones (the plain listing shows the latest 15).
+    expected = {("deployment", "ls"): "backfill/listed", ("flow-run", "ls"): None,
+                ("flow-run", "ls", "--state-type", "COMPLETED"): "nightly-next",
+                ("artifact", "ls"): NIGHTLY_SUMMARY_KEY}
+    for command, listed in expected.items():
+        result = _prefect_cli(env, *command)
+        output = result.stdout + result.stderr
+        # Not a bare "422": a random id in a listing may contain it.
+        assert result.returncode == 0 and "Unprocessable" not in output, \
+            f"prefect {' '.join(command)} exited with {result.returncode}:\n{output[-3000:]}"
+        assert listed is None or listed in result.stdout, \
+            f"prefect {' '.join(command)} does not list {listed}:\n{result.stdout}"
+
+    # The query FlowRunCancellingObserver polls with (prefect._internal.observers), through the public client.
+    with temporary_settings(updates={PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+        cancelling = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.CANCELLING]))))
+    assert cancelling == []
