@@ -26,6 +26,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -66,6 +67,7 @@ def _progress_printer(began: float):
 
 def worker(spec: dict) -> dict:
     """Run one retrain or step as described by `spec`; return its timings, peak RSS and manifest numbers."""
+    from pipeline.config import AccreteConfig
     from pipeline.incremental import run_full_retrain, run_incremental_step
 
     import_rss = _rss_bytes()
@@ -78,10 +80,11 @@ def worker(spec: dict) -> dict:
 
         profiler = cProfile.Profile()
         profiler.enable()
+    config = AccreteConfig().replace(**spec.get("config", {}))
     if spec["kind"] == "retrain":
-        result = run_full_retrain(spec["data"], spec["store"], date, progress=progress)
+        result = run_full_retrain(spec["data"], spec["store"], date, config=config, progress=progress)
     else:
-        result = run_incremental_step(spec["data"], spec["store"], date, progress=progress)
+        result = run_incremental_step(spec["data"], spec["store"], date, config=config, progress=progress)
     seconds = time.perf_counter() - began
     if profiler is not None:
         import io
@@ -140,7 +143,7 @@ def ensure_world(data: Path, world: dict) -> dict:
             "interactions": summary["interactions"], "users": summary["users"], "items": summary["items"]}
 
 
-def measure_history(data: Path, store: Path, history: int, steps: int, profile: bool) -> dict:
+def measure_history(data: Path, store: Path, history: int, steps: int, profile: bool, config: dict) -> dict:
     """Retrain as of day `history` in a fresh store, then `steps` nightly steps; sizes of what was stored."""
     if store.exists():
         shutil.rmtree(store)
@@ -148,22 +151,22 @@ def measure_history(data: Path, store: Path, history: int, steps: int, profile: 
     print(f"\n== {history} days of history: full retrain as of {as_of}", flush=True)
     load = os.getloadavg()[0]
     retrain = run_child({"kind": "retrain", "data": str(data), "store": str(store), "date": as_of.isoformat(),
-                         "profile": profile})
+                         "profile": profile, "config": config})
     retrain["load"] = load
     print(f"  retrain: {retrain['seconds']:.1f} s, peak RSS {retrain['peak_rss'] / 1e9:.2f} GB, load {load:.1f}", flush=True)
     step_results = []
     for k in range(1, steps + 1):
         date = as_of + dt.timedelta(days=k)
         load = os.getloadavg()[0]
-        step = run_child({"kind": "step", "data": str(data), "store": str(store), "date": date.isoformat()})
+        step = run_child({"kind": "step", "data": str(data), "store": str(store), "date": date.isoformat(),
+                          "config": config})
         step["load"] = load
         print(f"  step {date}: {step['seconds']:.1f} s, peak RSS {step['peak_rss'] / 1e9:.2f} GB, "
               f"Recall@10 {step['metrics'].get('recall@10', float('nan')):.4f}, load {load:.1f}", flush=True)
         step_results.append(step)
     versions = sorted((store / "versions").glob("v*"))
     version_bytes = [_bytes_under(v) for v in versions]
-    step_seconds = sorted(s["seconds"] for s in step_results)
-    median_step = step_seconds[len(step_seconds) // 2] if step_seconds else float("nan")
+    median_step = statistics.median(s["seconds"] for s in step_results) if step_results else float("nan")
     return {
         "history_days": history, "as_of": as_of.isoformat(),
         "interactions": retrain["training"].get("examples"),
@@ -208,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-day", type=int, help=f"interactions per day (default {FULL['per_day']:,})")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--profile", action="store_true", help="cProfile the retrain of the longest history")
+    parser.add_argument("--ials-iterations", type=int, help="override [model] ials_iterations of the retrains")
     parser.add_argument("--json-out", type=Path, help="also write the results to this JSON file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -228,8 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     began = time.perf_counter()
     try:
         generated = ensure_world(work / "data", world)
-        results = [measure_history(work / "data", work / f"store-{h}d", h, steps, args.profile and h == histories[-1])
-                   for h in histories]
+        config = {"model": {"ials_iterations": args.ials_iterations}} if args.ials_iterations else {}
+        results = [measure_history(work / "data", work / f"store-{h}d", h, steps, args.profile and h == histories[-1],
+                                   config) for h in histories]
         print(f"\n{generated['interactions']:,} interactions in the world, {generated['users']:,} users, "
               f"{generated['items']:,} items; {os.cpu_count()} CPUs, load average now {os.getloadavg()[0]:.2f}")
         print_table(results)
@@ -239,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
               f"-> {verdict} ({longest['ratio']:.1f}x)")
         print(f"total bench time {time.perf_counter() - began:.0f} s")
         if args.json_out:
-            report = {"world": {**world, **generated}, "histories": results, "target_ratio": TARGET_RATIO,
+            report = {"world": {**world, **generated}, "config": config, "histories": results, "target_ratio": TARGET_RATIO,
                       "verdict": verdict, "cpus": os.cpu_count(), "load_average_1min": os.getloadavg()[0],
                       "smoke": args.smoke, "bench_seconds": time.perf_counter() - began}
             args.json_out.write_text(json.dumps(report, indent=2) + "\n")

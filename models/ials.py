@@ -13,6 +13,8 @@ changes. Cost is O(nnz d^2 + rows d^3) for the solved rows, plus one d x d Gram 
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -26,10 +28,11 @@ def interaction_matrix(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int
 
 
 def fit(matrix: sp.csr_matrix, *, dim: int, alpha: float, l2: float, iterations: int, seed: int,
-        threads: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        threads: int = 0, on_iteration: Callable[[int, float], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """User and item tables (float32) of a full iALS fit on a binary users x items matrix.
 
     Row 0 of each table is the out-of-vocabulary row: it has no interactions and comes out as zeros.
+    `on_iteration(iteration, seconds)`, if given, is called after each ALS iteration (1-based).
     """
     from implicit.cpu.als import AlternatingLeastSquares
     from threadpoolctl import threadpool_limits
@@ -38,7 +41,8 @@ def fit(matrix: sp.csr_matrix, *, dim: int, alpha: float, l2: float, iterations:
     with threadpool_limits(1, "blas"):  # implicit parallelizes over rows; a threaded BLAS inside slows it
         model = AlternatingLeastSquares(factors=dim, regularization=l2, alpha=alpha, iterations=iterations,
                                         random_state=seed, num_threads=threads, calculate_training_loss=False)
-        model.fit(sp.csr_matrix(matrix, dtype=np.float32), show_progress=False)
+        callback = None if on_iteration is None else (lambda iteration, seconds, _loss: on_iteration(iteration + 1, seconds))
+        model.fit(sp.csr_matrix(matrix, dtype=np.float32), show_progress=False, callback=callback)
     users = np.asarray(model.user_factors, np.float32)
     items = np.asarray(model.item_factors, np.float32)
     users[0] = 0.0
