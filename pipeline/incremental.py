@@ -648,7 +648,7 @@ def _full_retrain(config: AccreteConfig, data_dir: Path, store: Store, as_of: dt
             store, current, as_of - dt.timedelta(days=config.retrain.compact_inactive_days))
 
     interactions, quarantined, reports, has_ratings = [], [], {}, False
-    written_history: dict[dt.date, pa.Table] = {}  # consolidated from memory, not read back
+    written_history: dict[dt.date, pa.Table] = {}  # held for training anyway: not read back for the base
     for date in dates:
         if date in consumed and date not in train_dates:
             continue
@@ -661,7 +661,8 @@ def _full_retrain(config: AccreteConfig, data_dir: Path, store: Store, as_of: dt
             item_vocab.extend(_ids(partition.items["item_id"], partition.interactions["item_id"]), date)
             item_tokens = pa.concat_tables([item_tokens, _tokens_table(partition.items, item_vocab, first_new_item)])
             store.write_history(date, partition.interactions)
-            written_history[date] = partition.interactions
+            if date in train_dates:
+                written_history[date] = partition.interactions
             if partition.quarantine.num_rows:
                 quarantined.append(partition.quarantine)
         if date in train_dates:
