@@ -740,6 +740,7 @@ def _full_retrain(config: AccreteConfig, data_dir: Path, store: Store, as_of: dt
             store, current, as_of - dt.timedelta(days=config.retrain.compact_inactive_days))
 
     interactions, quarantined, reports, has_ratings = [], [], {}, False
+    written_history: dict[dt.date, pa.Table] = {}  # held for training anyway: not read back for the base
     for date in dates:
         if date in consumed and date not in train_dates:
             continue
@@ -752,6 +753,8 @@ def _full_retrain(config: AccreteConfig, data_dir: Path, store: Store, as_of: dt
             item_vocab.extend(_ids(partition.items["item_id"], partition.interactions["item_id"]), date)
             item_tokens = pa.concat_tables([item_tokens, _tokens_table(partition.items, item_vocab, first_new_item)])
             store.write_history(date, partition.interactions)
+            if date in train_dates:
+                written_history[date] = partition.interactions
             if partition.quarantine.num_rows:
                 quarantined.append(partition.quarantine)
         if date in train_dates:
@@ -763,6 +766,8 @@ def _full_retrain(config: AccreteConfig, data_dir: Path, store: Store, as_of: dt
     training_data = pa.concat_tables(interactions) if interactions else None
     if training_data is None or training_data.num_rows == 0:
         raise PartitionOrderError(f"{data_dir}: no interactions to train on up to {as_of}")
+    progress(f"vocabulary: {training_data.num_rows:,} interactions to rows of {len(user_vocab) - 1:,} users, "
+             f"{len(item_vocab) - 1:,} items")
     users, items, ratings = _interaction_arrays(training_data, user_vocab, item_vocab)
     n_users, n_items = len(user_vocab), len(item_vocab)
     rng = np.random.default_rng(_seed_for(config.model.seed, as_of, 5))
@@ -787,7 +792,8 @@ def _full_retrain(config: AccreteConfig, data_dir: Path, store: Store, as_of: dt
         state.user_vectors, state.item_vectors = ials.fit(
             ials.interaction_matrix(users, items, (n_users, n_items)), dim=dim, alpha=config.model.ials_alpha,
             l2=config.model.ials_l2, iterations=config.model.ials_iterations,
-            seed=_seed_for(config.model.seed, as_of, 4) % (2**31))
+            seed=_seed_for(config.model.seed, as_of, 4) % (2**31),
+            on_iteration=lambda i, seconds: progress(f"iALS iteration {i}/{config.model.ials_iterations} ({seconds:.1f} s)"))
         recency = recency_settings(config, as_of)
         item_rows, item_times = _item_times(training_data, item_vocab)
         if config.model.recency_weight_candidates:
@@ -815,6 +821,7 @@ def _full_retrain(config: AccreteConfig, data_dir: Path, store: Store, as_of: dt
     timings["train"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
+    progress("replay reservoir and drift reference")
     state.reservoir.add(training_data)
     reference_start = np.datetime64(as_of - dt.timedelta(days=config.drift.reference_days - 1), "s").astype(np.int64)
     recent = training_data.filter(pc.greater_equal(training_data["timestamp"], int(reference_start)))
@@ -833,7 +840,10 @@ def _full_retrain(config: AccreteConfig, data_dir: Path, store: Store, as_of: dt
 
     version = (current.version + 1) if current else 1
     all_consumed = sorted({*(d.isoformat() for d in consumed), *(d.isoformat() for d in dates)})
-    store.write_history_base([dt.date.fromisoformat(d) for d in all_consumed])
+    progress(f"consolidating the history of {len(all_consumed)} partitions")
+    clock = time.perf_counter()
+    store.write_history_base([dt.date.fromisoformat(d) for d in all_consumed], written_history)
+    timings["history"] = time.perf_counter() - clock
     manifest = {
         "version": version, "parent": current.version if current else None,
         "generation": (int(current.manifest["generation"]) + 1) if current else 1,

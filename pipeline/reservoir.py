@@ -75,7 +75,7 @@ class ReplayReservoir:
         Raises:
             DataContractError: a column is missing, has an incompatible type, or holds nulls.
         """
-        batch = _conform(table)
+        batch = _conform(table, combine=False)  # only the rows that win a slot are copied
         m = batch.num_rows
         if m == 0:
             return
@@ -87,15 +87,19 @@ class ReplayReservoir:
         n_compete = m - n_fill
         if n_compete and self.capacity:
             first = self.n_seen + n_fill
-            t = np.arange(first, first + n_compete, dtype=np.int64)
-            slot = _slot_draws(self.seed, first, n_compete) % (t + 1).astype(np.uint64)
+            t_plus_one = np.arange(first + 1, first + n_compete + 1, dtype=np.uint64)
+            slot = _slot_draws(self.seed, first, n_compete) % t_plus_one
             accepted = np.flatnonzero(slot < self.capacity)
             # Later t wins: keep the last accepted row per slot (first occurrence in reversed order).
             slots, last = np.unique(slot[accepted][::-1].astype(np.int64), return_index=True)
             winners = n_fill + accepted[::-1][last]
             source[slots] = held.num_rows + winners
         if n_fill or (n_compete and self.capacity):
-            self._table = pa.concat_tables([held, batch]).take(pa.array(source)).combine_chunks()
+            from_batch = source >= held.num_rows
+            taken, position = np.unique(source[from_batch] - held.num_rows, return_inverse=True)
+            source[from_batch] = held.num_rows + position
+            winning = batch.take(pa.array(taken)).combine_chunks()
+            self._table = pa.concat_tables([held, winning]).take(pa.array(source)).combine_chunks()
         self.n_seen += m
 
     def sample(self, n: int, seed: int) -> pa.Table:
@@ -193,9 +197,9 @@ def _slot_draws(seed: int, first: int, count: int) -> np.ndarray:
     return bit_generator.random_raw(offset + count)[offset:]
 
 
-def _conform(table: pa.Table) -> pa.Table:
-    """`table`'s interaction columns cast to `RESERVOIR_SCHEMA` (one chunk each); a DataContractError
-    naming the column if one is missing, cannot be cast or holds nulls."""
+def _conform(table: pa.Table, combine: bool = True) -> pa.Table:
+    """`table`'s interaction columns cast to `RESERVOIR_SCHEMA` (one chunk each unless not `combine`); a
+    DataContractError naming the column if one is missing, cannot be cast or holds nulls."""
     if not isinstance(table, pa.Table):
         raise DataContractError(f"replay reservoir input: expected a pyarrow Table, got {type(table).__name__}")
     missing = [name for name in RESERVOIR_SCHEMA.names if name not in table.column_names]
@@ -213,4 +217,5 @@ def _conform(table: pa.Table) -> pa.Table:
         if column.null_count:
             raise DataContractError(f"replay reservoir input: column '{field.name}' has {column.null_count} null value(s)")
         columns.append(column)
-    return pa.Table.from_arrays(columns, schema=RESERVOIR_SCHEMA).combine_chunks()
+    conformed = pa.Table.from_arrays(columns, schema=RESERVOIR_SCHEMA)
+    return conformed.combine_chunks() if combine else conformed
