@@ -117,3 +117,12 @@ def test_a_retrain_on_one_backlog_partition_tunes_on_the_quarters_of_its_time_sp
     run_full_retrain(data, tmp_path / "store", contract.list_partitions(data)[0], config=AccreteConfig())
     tuning = Store(tmp_path / "store").manifest()["recency"]["tuning"]
     assert tuning["chosen"] is not None and tuning["periods"] >= 1 and tuning["users"] >= 200
+
+
+def test_a_period_with_many_users_is_scored_on_a_random_subset_of_whole_users():
+    from pipeline.tuning import _sample_users
+
+    users = np.repeat(np.arange(1, 101), 3)
+    keep = _sample_users(users, 10, np.random.default_rng(0))
+    assert len(np.unique(users[keep])) == 10 and keep.sum() == 30  # every interaction of a kept user
+    assert _sample_users(users, 500, np.random.default_rng(0)).all()
