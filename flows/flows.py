@@ -568,7 +568,7 @@ def backfill(start: str, end: str, data: str | Path = "data", store: str | Path 
     report["version"] = Store(store).require_current()
     report_backfill(report, start, end, failed)
     report["dashboard"] = publish_dashboard(store)
-    if failure is not None:
+    if failure is not None and failed is not None:
         failure.add_note(f"backfill stopped at {failed['date']} after applying {len(report['applied'])} partition(s); "
                          f"run the same backfill again to resume there")
         raise failure

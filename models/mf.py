@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import numpy as np
 
 import models  # sets TF_USE_LEGACY_KERAS before TensorFlow is imported
 
-tf = models.quiet_tensorflow()
+if TYPE_CHECKING:  # the annotations name TensorFlow's types; at run time it is imported quietly
+    import tensorflow as tf
+else:
+    tf = models.quiet_tensorflow()
 import tensorflow_recommenders as tfrs
 from models.embedding import FrozenTailBias, FrozenTailEmbedding, bias_trainable_from
 

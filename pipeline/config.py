@@ -187,7 +187,7 @@ class AccreteConfig:
         for name, values in raw.items():
             if name not in sections:
                 raise ConfigError(f"{source}: unknown section [{name}] (known: {', '.join(sections)})")
-            section_cls = sections[name].default_factory
+            section_cls: Any = sections[name].default_factory  # every section is a dataclass with a default
             known = {f.name for f in dataclasses.fields(section_cls)}
             unknown = set(values) - known
             if unknown:

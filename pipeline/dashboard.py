@@ -809,6 +809,8 @@ def serve_dashboard(path: str | Path, port: int, host: str = "127.0.0.1") -> Non
     """Serve one dashboard file on `host:port` (loopback by default) until Ctrl-C, printing its URL."""
     server = dashboard_server(path, port, host)
     bound_host, bound_port = server.server_address[:2]
+    if isinstance(bound_host, bytes):  # an AF_UNIX address; never for a TCP server, but typed so
+        bound_host = bound_host.decode()
     print(f"serving {Path(path).resolve()} at http://{bound_host}:{bound_port}/  (Ctrl-C to stop)", flush=True)
     try:
         server.serve_forever()

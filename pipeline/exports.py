@@ -84,7 +84,8 @@ def export_delta(store_dir: str | Path, out: str | Path, *, since: int, version:
     for step in store.versions():
         if since < step <= new.version:
             kept_frozen &= set(store.manifest(step).get("frozen_checksum", kept_frozen))
-    parts, summary = [], {"version": new.version, "since": since}
+    parts: list[pa.Table] = []
+    summary: dict[str, Any] = {"version": new.version, "since": since}
     for entity in ("user", "item"):
         new_vocab, new_vectors, new_bias = _tables(new, entity)
         old_vocab, old_vectors, old_bias = _tables(old, entity)

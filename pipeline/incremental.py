@@ -21,7 +21,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, overload
 
 import numpy as np
 import pyarrow as pa
@@ -143,7 +143,7 @@ def _init_new_rows(strategy: str, table: np.ndarray, n_old: int, n_new: int, see
     if strategy == "metadata" and not has_tokens:
         strategy = "normal"
     kwargs: dict[str, Any] = {}
-    if has_tokens:
+    if has_tokens and incidence is not None:
         kwargs["existing_tokens"] = incidence[1:n_old]
         kwargs["new_tokens"] = incidence[n_old:n_old + n_new]
     if strategy == "fold_in":
@@ -218,7 +218,7 @@ def _train(config: AccreteConfig, state: ModelState, objective: str, *, user_tra
     stats = train(model, users=users, items=items, ratings=ratings if objective == "rating" else None,
                   item_log_probability=log_probability, epochs=epochs, batch_size=config.train.batch_size,
                   learning_rate=config.train.learning_rate, optimizer=config.train.optimizer, seed=seed)
-    tables = model.tables()
+    tables = {name: table for name, table in model.tables().items() if table is not None}
     state.user_vectors = tables["user"].astype(np.float32)
     state.item_vectors = tables["item"].astype(np.float32)
     if model_config.use_bias:
@@ -254,7 +254,7 @@ def _rating_scale(config: AccreteConfig, reference: dict[str, np.ndarray] | None
     """The ratings a partition may hold (a row outside is quarantined on reading): the configured histogram edges'
     range, else the one the generation learned at its full retrain (`reference`); None for a full retrain, which
     learns the scale from its data. Stores from before the edges were learned keep the half-star default."""
-    edges = config.drift.rating_edges
+    edges: Any = config.drift.rating_edges
     if edges is None and reference is not None:
         edges = reference.get("rating_edges", drift_mod.DEFAULT_RATING_EDGES)
     return None if edges is None else (float(edges[0]), float(edges[-1]))
@@ -272,6 +272,10 @@ def _item_times(interactions: pa.Table, item_vocab: Vocabulary) -> tuple[np.ndar
     return items[keep], times[keep]
 
 
+@overload
+def _seconds(day: dt.date) -> float: ...
+@overload
+def _seconds(day: np.ndarray) -> np.ndarray: ...
 def _seconds(day: dt.date | np.ndarray) -> np.ndarray | float:
     """Unix seconds at the start of a date (or of each `datetime64[D]`)."""
     if isinstance(day, dt.date):
@@ -473,8 +477,9 @@ def _incremental(config: AccreteConfig, store: Store, state: ModelState, partiti
     objective = parent_manifest["objective"]  # fixed for a generation by its full retrain
     warnings = generation_setting_changes(config, parent_manifest, state.user_vectors.shape[1])
     off_scale = partition.report["quarantined"].get(contract.RATING_OUTSIDE_SCALE, 0)
-    if off_scale:
-        low, high = _rating_scale(config, state.reference)
+    scale = _rating_scale(config, state.reference)
+    if off_scale and scale is not None:
+        low, high = scale
         warnings.append(f"{off_scale:,} rating(s) of partition {date} outside the scale [{low:g}, {high:g}] learned at the "
                         f"last full retrain were quarantined; if the rating scale changed, run `accrete retrain` (it "
                         f"learns the scale from the data), or set drift.rating_edges")

@@ -91,10 +91,10 @@ def plan_gc(store_dir: str | Path, keep: int, keep_generations: int = 0) -> GcPl
         hold(int(parent), "parent of CURRENT")
     version = current
     while version in manifests and not manifests[version].get("metrics"):
-        version = manifests[version].get("parent")
-        if version is None or int(version) not in manifests:
+        parent_version = manifests[version].get("parent")
+        if parent_version is None or int(parent_version) not in manifests:
             break
-        version = int(version)
+        version = int(parent_version)
         hold(version, "nearest ancestor with metrics")
     oldest_recent = min(v for v, reasons in kept.items() if any(r.startswith(("newest", "generation", "CURRENT"))
                                                                      for r in reasons))
@@ -267,7 +267,7 @@ def _verify_frozen_blocks(store: Store, version: int, manifest: dict[str, Any], 
         if not fine_tuned and own != digest:
             problems.append(f"{path}: frozen block (rows 0..{rows - 1}) does not match the manifest's frozen_checksum")
         if same_generation and not fine_tuned:
-            parent_dir = store.version_dir(int(parent))
+            parent_dir = store.version_dir(int(manifest["parent"]))
             try:
                 theirs = _frozen_block(parent_dir, entity, rows)
             except (OSError, ValueError) as exc:

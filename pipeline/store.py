@@ -325,7 +325,7 @@ class Store:
         state.item_vocab.save(tmp / "item_vocab.parquet")
         pq.write_table(state.item_tokens, tmp / "item_tokens.parquet")
         state.reservoir.save(tmp / "reservoir.parquet")
-        np.savez(tmp / "reference.npz", **state.reference)
+        np.savez(tmp / "reference.npz", **state.reference)  # type: ignore[arg-type]  # numpy stubs type **kwds as allow_pickle
         if quarantine is not None and quarantine.num_rows:
             pq.write_table(quarantine, tmp / "quarantine.parquet")
         maybe_fail("publish:files-written")

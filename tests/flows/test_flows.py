@@ -15,7 +15,8 @@ from pipeline.faults import ENV_VAR, InjectedFault
 from pipeline.incremental import run_incremental_step
 from pipeline.store import Store
 
-pytestmark = pytest.mark.usefixtures("prefect_api")
+# Every test runs a flow on a temporary Prefect API (about twenty seconds to start): the quick target skips them.
+pytestmark = [pytest.mark.usefixtures("prefect_api"), pytest.mark.slow]
 
 
 def _iso(dates) -> list[str]:
