@@ -442,20 +442,6 @@ def _empty_quarantine() -> pa.Table:
     return QUARANTINE_SCHEMA.empty_table()
 
 
-def write_quarantine(quarantine: pa.Table, path: str | Path) -> None:
-    """Write a quarantine table as Parquet, atomically; an empty table writes nothing (no file means no bad rows).
-
-    Callers can therefore test `path.exists()` to know whether a partition had bad rows.
-    """
-    if quarantine.num_rows == 0:
-        return
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(quarantine.cast(QUARANTINE_SCHEMA), tmp)
-    os.replace(tmp, path)
-
-
 # ----------------------------------------------------------------------------------------------- reading
 
 

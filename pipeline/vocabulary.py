@@ -226,10 +226,6 @@ class Vocabulary:
             raise VocabularyError(f"{self.entity} row {int(rows[bad][0])} is outside the vocabulary (0..{len(self) - 1})")
         return self._ids.take(pa.array(rows))
 
-    def rows_created_since(self, date: datetime.date) -> np.ndarray:
-        """Boolean mask over rows: created on or after `date` (always False for the OOV row)."""
-        return self._created >= _as_day(date)
-
     def save(self, path: str | Path) -> None:
         """Write the vocabulary as Parquet (`row int64, id string, created date32`), atomically.
 
