@@ -38,6 +38,7 @@ from tqdm import tqdm
 from pipeline import contract
 from pipeline.config import AccreteConfig
 from pipeline.errors import AccreteError
+from pipeline.evaluation import HEADLINE_METRICS
 from pipeline.incremental import StepResult, run_full_retrain, run_incremental_step, sync_drift_history
 from pipeline.policy import applied_partitions as policy_applied, owed_retrain, reasons_list, retrain_reason
 from pipeline.status import quarantined_rows
@@ -49,9 +50,6 @@ RETRAIN_SUMMARY_KEY = "accrete-full-retrain-summary"
 DRIFT_METRICS_KEY = "accrete-drift-metrics"
 DASHBOARD_KEY = "accrete-dashboard"
 DASHBOARD_FILE = "dashboard.html"
-
-#: Quality metrics shown in summaries (the manifest holds more: every K and slice).
-HEADLINE_METRICS = ("recall@10", "ndcg@10", "recall@10/new_users", "recall@10/new_items", "coverage@10")
 
 #: Seconds to wait for the temporary Prefect API to answer, unless the user set
 #: PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS. Prefect's default, 20 s, is too short on a busy machine:

@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # the annotations name TensorFlow's types; at run time it is 
 else:
     tf = models.quiet_tensorflow()
 
-BIAS_POLICIES = ("frozen", "trainable")
+BIAS_POLICIES = models.BIAS_POLICIES
 
 
 def bias_trainable_from(policy: str, trainable_from: int) -> int:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-STRATEGIES = ("normal", "mean", "metadata", "fold_in", "uniform")
+from models import INIT_STRATEGIES
+
+STRATEGIES = INIT_STRATEGIES
 
 # Spread of the random initializers when there is nothing to match (an empty table); Keras' default scale.
 DEFAULT_SCALE = 0.05

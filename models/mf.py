@@ -31,7 +31,7 @@ else:
 import tensorflow_recommenders as tfrs
 from models.embedding import FrozenTailBias, FrozenTailEmbedding, bias_trainable_from
 
-OBJECTIVES = ("retrieval", "rating")
+OBJECTIVES = models.SGD_OBJECTIVES
 OPTIMIZERS = ("adagrad", "adam", "sgd")
 # Steps run per call into the compiled train function: amortizes Python overhead over small batches.
 STEPS_PER_EXECUTION = 16
@@ -70,7 +70,7 @@ class MatrixFactorization(tfrs.models.Model):
         super().__init__()
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
-        if bias_policy not in ("frozen", "trainable"):
+        if bias_policy not in models.BIAS_POLICIES:
             raise ValueError(f"bias_policy must be 'frozen' or 'trainable', got {bias_policy!r}")
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")

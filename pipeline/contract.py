@@ -31,9 +31,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline.config import FREQUENCIES
 from pipeline.errors import DataContractError
 
-PERIOD_FREQS = ("day", "week", "month")
+PERIOD_FREQS = FREQUENCIES  # listed once, in the configuration, which the CLI reads without loading pyarrow
 ENTITIES = ("interactions", "users", "items")
 METADATA_FILE = "_accrete.json"
 _PARTITION_DIR = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")

@@ -15,7 +15,6 @@ import functools
 import html
 import http.server
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
+from pipeline.atomic import write_text_atomically
 from pipeline.decision import THRESHOLD_DIRECTIONS, read_drift_history
 from pipeline.drift import METRIC_KEYS
 from pipeline.errors import StoreError
@@ -741,13 +741,9 @@ def build_dashboard(store_dir: str | Path, out: str | Path) -> Path:
     data = collect_dashboard_data(store_dir)
     page = render_dashboard(data)
     out = Path(out)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(page, encoding="utf-8")
-        os.replace(tmp, out)
+        write_text_atomically(out, page)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise StoreError(f"{out}: cannot write the dashboard: {exc}") from None
     return out
 

@@ -29,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.atomic import write_parquet_atomically
 from pipeline.errors import StoreError
 from pipeline.store import ModelState, Store
 from pipeline.vocabulary import Vocabulary
@@ -149,10 +150,5 @@ def _meta(state: ModelState, meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def _write(table: pa.Table, out: str | Path, meta: dict[str, Any]) -> None:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     metadata = {b"accrete": json.dumps(meta).encode()}
-    table = table.replace_schema_metadata(metadata)
-    tmp = out.with_name(f".{out.name}.tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(out)
+    write_parquet_atomically(table.replace_schema_metadata(metadata), out)

@@ -22,11 +22,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.atomic import fsync_dir
 from pipeline.decision import read_drift_record
 from pipeline.errors import StoreError
 from pipeline.faults import maybe_fail
 from pipeline.store import (CURRENT, DRIFT, HISTORY, MANIFEST, TRASH_PREFIX, VERSIONS, Store, _file_sha256,
-                            _fsync_dir, sha256_of_array, version_name)
+                            sha256_of_array, version_name)
 
 
 def _tree_bytes(path: Path) -> int:
@@ -150,7 +151,7 @@ def collect_garbage(store_dir: str | Path, keep: int, keep_generations: int = 0,
             os.rename(store.version_dir(version), target)
             trash.append(target)
             maybe_fail("gc:renamed-one")
-        _fsync_dir(versions_dir)
+        fsync_dir(versions_dir)
         maybe_fail("gc:before-delete")
         for target in trash:
             shutil.rmtree(target)

@@ -4,10 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pipeline.evaluation import HEADLINE_METRICS
 from pipeline.policy import reasons_list
 from pipeline.store import Store
 
-_METRICS = ("recall@10", "ndcg@10", "recall@10/new_items", "recall@10/new_users", "coverage@10")
 
 
 def quarantined_rows(manifest: dict[str, Any]) -> int:
@@ -32,7 +32,7 @@ def store_status(store_dir: str | Path) -> dict[str, Any]:
             "version": version, "parent": manifest.get("parent"), "generation": manifest.get("generation"),
             "kind": manifest.get("kind"), "partition": manifest.get("partition"),
             "created_at": manifest.get("created_at"), "rows": manifest.get("rows"),
-            "metrics": {k: manifest.get("metrics", {}).get(k) for k in _METRICS if k in manifest.get("metrics", {})},
+            "metrics": {k: manifest.get("metrics", {}).get(k) for k in HEADLINE_METRICS if k in manifest.get("metrics", {})},
             "retrain_due": manifest.get("drift", {}).get("retrain", False),
             "reasons": reasons_list(manifest.get("drift", {}).get("reasons")),
             "retrain_reason": manifest.get("reason") if manifest.get("kind") == "full_retrain" else None,

@@ -33,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.atomic import fsync_dir, fsync_file, write_parquet_atomically, write_text_atomically
 from pipeline.errors import StoreError
 from pipeline.faults import maybe_fail
 from pipeline.reservoir import ReplayReservoir
@@ -195,7 +196,7 @@ class Store:
 
     def write_history(self, date: dt.date, interactions: pa.Table) -> None:
         """The clean interactions of a consumed partition; rewritten identically if a crashed run left one."""
-        _atomic_write_parquet(_history_columns(interactions), self.history_path(date))
+        write_parquet_atomically(_history_columns(interactions), self.history_path(date))
 
     def write_history_base(self, dates: list[dt.date], written: dict[dt.date, pa.Table] | None = None) -> None:
         """One consolidated file of the given partitions' history (a full retrain writes it), so that
@@ -209,7 +210,7 @@ class Store:
         tables = [_history_columns(written[d]) if d in written else self._read_history_file(d) for d in dates]
         table = pa.concat_tables(tables) if tables else self._read_history_files([])
         table = table.replace_schema_metadata({b"accrete.dates": json.dumps([d.isoformat() for d in dates]).encode()})
-        _atomic_write_parquet(table, self.root / HISTORY / f"base-until={dates[-1].isoformat()}.parquet")
+        write_parquet_atomically(table, self.root / HISTORY / f"base-until={dates[-1].isoformat()}.parquet")
 
     def read_history(self, dates: list[dt.date]) -> pa.Table:
         """The consumed interactions of the given partitions (user_id, item_id, timestamp): the newest
@@ -333,17 +334,13 @@ class Store:
                     "files": {p.name: _file_sha256(p) for p in sorted(tmp.iterdir())}}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=_json_default))
         for path in tmp.iterdir():
-            _fsync_file(path)
-        _fsync_dir(tmp)
+            fsync_file(path)
+        fsync_dir(tmp)
         maybe_fail("publish:before-rename")
         os.rename(tmp, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         maybe_fail("publish:before-pointer")
-        pointer_tmp = self.root / f".{CURRENT}.tmp"
-        pointer_tmp.write_text(version_name(version) + "\n")
-        _fsync_file(pointer_tmp)
-        os.replace(pointer_tmp, self.root / CURRENT)
-        _fsync_dir(self.root)
+        write_text_atomically(self.root / CURRENT, version_name(version) + "\n")
         state.manifest = manifest
         maybe_fail("publish:after-pointer")
 
@@ -395,28 +392,6 @@ def _file_sha256(path: Path) -> str:
 def _save_npy(path: Path, array: np.ndarray) -> None:
     with open(path, "wb") as handle:
         np.save(handle, np.ascontiguousarray(array))
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write_parquet(table: pa.Table, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp)
-    _fsync_file(tmp)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 # ----- the run lock ---------------------------------------------------------------------------------
