@@ -45,6 +45,8 @@ _SECONDS_PER_UNIT = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 INTERACTIONS_SCHEMA = pa.schema([
     ("user_id", pa.string()), ("item_id", pa.string()), ("timestamp", pa.int64()), ("rating", pa.float32()),
 ])
+#: The consumed interactions a store keeps under history/ (what each user has seen, and when).
+HISTORY_SCHEMA = pa.schema([INTERACTIONS_SCHEMA.field(name) for name in ("user_id", "item_id", "timestamp")])
 QUARANTINE_SCHEMA = pa.schema([
     ("entity", pa.string()), ("file", pa.string()), ("row", pa.int64()), ("reason", pa.string()),
     ("user_id", pa.string()), ("item_id", pa.string()), ("timestamp", pa.string()), ("rating", pa.string()),

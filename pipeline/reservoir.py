@@ -16,12 +16,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.atomic import write_parquet_atomically
+from pipeline.contract import INTERACTIONS_SCHEMA
 from pipeline.errors import DataContractError, StoreError
 
 # The interaction columns the reservoir holds (the clean-partition contract); other columns are dropped.
-RESERVOIR_SCHEMA = pa.schema(
-    [("user_id", pa.string()), ("item_id", pa.string()), ("timestamp", pa.int64()), ("rating", pa.float32())]
-)
+RESERVOIR_SCHEMA = INTERACTIONS_SCHEMA
 _METADATA_KEY = b"accrete.reservoir"
 _FORMAT = 1
 # Philox produces its stream in blocks of 4 64-bit words per counter step (numpy's `advance` unit).

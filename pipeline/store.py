@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.atomic import fsync_dir, fsync_file, write_parquet_atomically, write_text_atomically
+from pipeline.contract import HISTORY_SCHEMA
 from pipeline.errors import StoreError
 from pipeline.faults import maybe_fail
 from pipeline.reservoir import ReplayReservoir
@@ -234,8 +235,7 @@ class Store:
     def _read_history_files(self, dates: list[dt.date]) -> pa.Table:
         tables = [self._read_history_file(date) for date in dates]
         if not tables:
-            return pa.table({"user_id": pa.array([], pa.string()), "item_id": pa.array([], pa.string()),
-                             "timestamp": pa.array([], pa.int64())})
+            return HISTORY_SCHEMA.empty_table()
         return pa.concat_tables(tables)
 
     def _read_history_file(self, date: dt.date) -> pa.Table:
@@ -366,7 +366,7 @@ class Store:
 
 # ----- file helpers ---------------------------------------------------------------------------------
 def _history_columns(interactions: pa.Table) -> pa.Table:
-    return interactions.select(["user_id", "item_id", "timestamp"])
+    return interactions.select(HISTORY_SCHEMA.names)
 
 
 def _json_default(value: Any) -> Any:
