@@ -32,6 +32,7 @@ from pipeline import contract, decision as decision_mod, drift as drift_mod, eva
 from pipeline.config import AccreteConfig
 from pipeline.errors import PartitionOrderError, StoreError
 from pipeline.faults import maybe_fail
+from pipeline.manifest import Manifest
 from pipeline.reservoir import ReplayReservoir
 from pipeline.store import ModelState, Store, _json_default, sha256_of_array
 from pipeline.vocabulary import Vocabulary
@@ -51,7 +52,7 @@ class StepResult:
 
     @property
     def retrain_due(self) -> bool:
-        return bool(self.manifest.get("drift", {}).get("retrain", False))
+        return Manifest.from_dict(self.manifest).retrain_due
 
 
 def _noop(_: str) -> None:

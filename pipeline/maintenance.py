@@ -26,6 +26,7 @@ from pipeline.atomic import fsync_dir
 from pipeline.decision import read_drift_record
 from pipeline.errors import StoreError
 from pipeline.faults import maybe_fail
+from pipeline.manifest import Manifest
 from pipeline.store import (CURRENT, DRIFT, HISTORY, MANIFEST, TRASH_PREFIX, VERSIONS, Store, _file_sha256,
                             sha256_of_array, version_name)
 
@@ -225,6 +226,11 @@ def _read_manifest(path: Path, version: int, problems: list[str]) -> dict[str, A
         return None
     if manifest["version"] != version:
         problems.append(f"{path}: damaged manifest (says version {manifest['version']}, directory is {version})")
+        return None
+    try:
+        Manifest.from_dict(manifest)  # what every command reads must parse
+    except (ValueError, TypeError, AttributeError) as exc:
+        problems.append(f"{path}: damaged manifest ({exc})")
         return None
     return manifest
 

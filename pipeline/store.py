@@ -37,6 +37,7 @@ from pipeline.atomic import fsync_dir, fsync_file, write_parquet_atomically, wri
 from pipeline.contract import HISTORY_SCHEMA
 from pipeline.errors import StoreError
 from pipeline.faults import maybe_fail
+from pipeline.manifest import SCHEMA_VERSION, Manifest
 from pipeline.reservoir import ReplayReservoir
 from pipeline.vocabulary import Vocabulary
 
@@ -46,7 +47,7 @@ VERSIONS = "versions"
 HISTORY = "history"
 DRIFT = "drift"
 MANIFEST = "manifest.json"
-FORMAT = 1
+FORMAT = SCHEMA_VERSION
 #: Name prefixes inside versions/: a version being written, and a version `accrete gc` is deleting.
 STAGING_PREFIX = ".tmp-"
 TRASH_PREFIX = ".trash-"
@@ -136,15 +137,20 @@ class Store:
                 found.append(number)
         return sorted(found)
 
-    def manifest(self, version: int | None = None) -> dict[str, Any]:
+    def read_manifest(self, version: int | None = None) -> Manifest:
+        """A published version's manifest (default: the current one), typed; the one reader of manifest.json."""
         version = self.require_current() if version is None else version
         path = self.version_dir(version) / MANIFEST
         if not path.exists() or version > self.require_current():
             raise StoreError(f"{self.root}: no published version {version}")
         try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
+            return Manifest.from_dict(json.loads(path.read_text()))
+        except (json.JSONDecodeError, ValueError, TypeError, AttributeError) as exc:
             raise StoreError(f"{path}: damaged manifest: {exc}") from None
+
+    def manifest(self, version: int | None = None) -> dict[str, Any]:
+        """`read_manifest` as the JSON document (for the step code that carries its keys along)."""
+        return self.read_manifest(version).to_dict()
 
     def load(self, version: int | None = None, *, verify: bool = True) -> ModelState:
         """A version's full state; `verify` checks every file against the manifest's checksums."""
@@ -332,7 +338,8 @@ class Store:
         maybe_fail("publish:files-written")
         manifest = {**manifest, "format": FORMAT,
                     "files": {p.name: _file_sha256(p) for p in sorted(tmp.iterdir())}}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=_json_default))
+        typed = Manifest.from_dict(manifest)  # the writer checks what every reader relies on
+        (tmp / MANIFEST).write_text(json.dumps(typed.to_dict(), indent=2, sort_keys=True, default=_json_default))
         for path in tmp.iterdir():
             fsync_file(path)
         fsync_dir(tmp)
