@@ -16,7 +16,6 @@ import json
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.converters import convert_generic  # noqa: E402
 from pipeline.movielens import _read_dat, convert_movielens  # noqa: E402
+
+from ingest import best_of  # noqa: E402  (bench/ is the script's own folder, first on sys.path)
 
 ML1M_USERS, ML1M_MOVIES = 6_040, 3_706
 ML1M_START, ML1M_END = 956_703_932, 1_046_454_590  # the first and last timestamps of ml-1m
@@ -52,13 +53,6 @@ def write_ml1m(folder: Path, ratings: int, seed: int = 0) -> None:
         out.write("\n".join(np.char.replace(lines, "::", ",").tolist()) + "\n")
 
 
-def best_of(repeat: int, run) -> float:
-    times = []
-    for _ in range(repeat):
-        began = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - began)
-    return min(times)
 
 
 def main() -> None:
