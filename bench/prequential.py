@@ -44,7 +44,7 @@ from pipeline.movielens import convert_movielens  # noqa: E402
 from pipeline.store import Store  # noqa: E402
 
 DEFAULT_MOVIELENS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-latest-small"
-KEYS = ("recall@10", "ndcg@10", "recall@10/new_items", "recall@10/new_users", "recall@10/existing", "coverage@10")
+KEYS = (*evaluation.HEADLINE_METRICS, "recall@10/existing")
 HALF_LIVES = (7, 14, 30, 60, 120, 240, 365)
 WEIGHTS = (0.5, 1.0, 2.0, 5.0, 10.0)
 RECENT_WEEKS = (1, 2, 4, 8)

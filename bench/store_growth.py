@@ -15,6 +15,8 @@ import shutil
 import time
 from pathlib import Path
 
+from pipeline.contract import PERIOD_FREQS
+
 
 def _bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
@@ -23,7 +25,7 @@ def _bytes(path: Path) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--movielens", type=Path, default=None, help="MovieLens folder to convert")
-    parser.add_argument("--freq", default="month", choices=["day", "week", "month"])
+    parser.add_argument("--freq", default="month", choices=PERIOD_FREQS)
     parser.add_argument("--data", type=Path, default=None, help="an Accrete data directory instead")
     parser.add_argument("--work", type=Path, required=True, help="where data (converted) and the store go")
     parser.add_argument("--keep", type=int, default=7)

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from pipeline.config import FREQUENCIES
 from pipeline.errors import AccreteError
 
 DEFAULT_DATA = "data"
@@ -337,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", type=Path, help="MovieLens folder (ratings.csv/movies.csv, ratings.dat/movies.dat or "
                                            "u.data/u.item), or the generic interactions file")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--freq", choices=["day", "week", "month"], default="week")
+    p.add_argument("--freq", choices=FREQUENCIES, default="week")
     p.add_argument("--overwrite", action="store_true", help="replace the partitions of an existing output directory")
     generic = p.add_argument_group("generic", "options of `convert generic`")
     generic.add_argument("--user-col", metavar="NAME", help="user ID column (strings or integers)")

@@ -23,7 +23,7 @@ from typing import Any, Iterator
 from pipeline.errors import AccreteError
 
 #: The synthetic world: a catalogue that grows every day, with enough interactions for stable metrics.
-DEMO_WORLD = dict(initial_users=600, initial_items=300, new_users_per_day=12, new_items_per_day=6,
+DEMO_WORLD: dict[str, Any] = dict(initial_users=600, initial_items=300, new_users_per_day=12, new_items_per_day=6,
                   interactions_per_day=1000, initial_interactions=10000)
 
 #: The demo's configuration file: small tables and few epochs; drift settings stay at their defaults.

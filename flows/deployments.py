@@ -21,6 +21,7 @@ run writes the same store (the store's lock would make a concurrent one fail).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pipeline.config import AccreteConfig
 from pipeline.errors import AccreteError
@@ -68,7 +69,7 @@ def build_deployments(data: str | Path = "data", store: str | Path = "store", cr
     bound = {"data": str(Path(data).resolve()), "store": str(Path(store).resolve()),
              "config_path": str(Path(config_path).resolve()) if config_path else None}
     # Loading flows by module path works wherever the package is installed, whatever the runner's cwd.
-    common = {"parameters": bound, "tags": ["accrete"], "entrypoint_type": EntrypointType.MODULE_PATH}
+    common: dict[str, Any] = {"parameters": bound, "tags": ["accrete"], "entrypoint_type": EntrypointType.MODULE_PATH}
     return [
         nightly.to_deployment(
             name="nightly", schedules=[schedule], **common,

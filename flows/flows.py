@@ -38,9 +38,10 @@ from tqdm import tqdm
 from pipeline import contract
 from pipeline.config import AccreteConfig
 from pipeline.errors import AccreteError
+from pipeline.evaluation import HEADLINE_METRICS
+from pipeline.manifest import Manifest
 from pipeline.incremental import StepResult, run_full_retrain, run_incremental_step, sync_drift_history
-from pipeline.policy import applied_partitions as policy_applied, owed_retrain, reasons_list, retrain_reason
-from pipeline.status import quarantined_rows
+from pipeline.policy import applied_partitions as policy_applied, owed_retrain, retrain_reason
 from pipeline.store import Store
 
 NIGHTLY_SUMMARY_KEY = "accrete-nightly-summary"
@@ -49,9 +50,6 @@ RETRAIN_SUMMARY_KEY = "accrete-full-retrain-summary"
 DRIFT_METRICS_KEY = "accrete-drift-metrics"
 DASHBOARD_KEY = "accrete-dashboard"
 DASHBOARD_FILE = "dashboard.html"
-
-#: Quality metrics shown in summaries (the manifest holds more: every K and slice).
-HEADLINE_METRICS = ("recall@10", "ndcg@10", "recall@10/new_users", "recall@10/new_items", "coverage@10")
 
 #: Seconds to wait for the temporary Prefect API to answer, unless the user set
 #: PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS. Prefect's default, 20 s, is too short on a busy machine:
@@ -200,24 +198,22 @@ def _headline(metrics: dict[str, Any]) -> dict[str, float | None]:
 
 def _step_summary(result: StepResult) -> dict[str, Any]:
     """The JSON-able facts of one incremental step (or of a skipped one) that flows and reports need."""
-    manifest = result.manifest
-    rows = manifest.get("rows") or {}
-    drift = manifest.get("drift") or {}
+    manifest = Manifest.from_dict(result.manifest)
     incremental = result.kind == "incremental"
     return {
         "kind": result.kind,
         "date": result.date.isoformat(),
         "version": result.version,
-        "generation": manifest.get("generation"),
+        "generation": manifest.generation,
         "message": result.message,
-        "new_users": rows.get("user_new") if incremental else 0,
-        "new_items": rows.get("item_new") if incremental else 0,
-        "metrics": _headline(manifest.get("metrics") or {}) if incremental else {},
-        "retrain_due": bool(drift.get("retrain")) if incremental else False,
-        "reasons": reasons_list(drift.get("reasons")) if incremental else [],
-        "quarantined": quarantined_rows(manifest) if incremental else 0,
-        "warnings": list(manifest.get("warnings") or []) if incremental else [],
-        "seconds": _finite((manifest.get("timings") or {}).get("total")) if incremental else 0.0,
+        "new_users": manifest.rows.user_new if incremental else 0,
+        "new_items": manifest.rows.item_new if incremental else 0,
+        "metrics": _headline(manifest.metrics) if incremental else {},
+        "retrain_due": manifest.retrain_due if incremental else False,
+        "reasons": manifest.reasons if incremental else [],
+        "quarantined": manifest.quarantined_rows if incremental else 0,
+        "warnings": list(manifest.extra.get("warnings") or []) if incremental else [],
+        "seconds": _finite(manifest.timings.get("total")) if incremental else 0.0,
     }
 
 
@@ -282,13 +278,12 @@ def previous_metrics(store: str, version: int) -> dict[str, Any]:
     """Headline metrics of the closest ancestor of `version` that has any (a full retrain has none: it
     is not evaluated prequentially); empty for the first incremental step of a store."""
     s = Store(store)
-    parent = s.manifest(version).get("parent")
+    parent = s.read_manifest(version).parent
     while parent is not None:
-        manifest = s.manifest(int(parent))
-        if manifest.get("metrics"):
-            return {"version": int(parent), "date": manifest.get("partition"),
-                    "metrics": _headline(manifest["metrics"])}
-        parent = manifest.get("parent")
+        manifest = s.read_manifest(int(parent))
+        if manifest.metrics:
+            return {"version": int(parent), "date": manifest.partition, "metrics": _headline(manifest.metrics)}
+        parent = manifest.parent
     return {}
 
 
@@ -320,13 +315,13 @@ def full_retrain_step(data: str, store: str, as_of: str, window_days: int | None
     result = run_full_retrain(data, store, _parse_date(as_of, "as_of"), config=config, window_days=window_days,
                               reason=reason, progress=logger.info)
     logger.info(result.message)
-    manifest = result.manifest
-    rows = manifest.get("rows") or {}
-    return {"kind": result.kind, "version": result.version, "generation": manifest.get("generation"),
-            "as_of": result.date.isoformat(), "reason": reason, "window_days": manifest.get("window_days"),
-            "users": rows.get("user", 1) - 1, "items": rows.get("item", 1) - 1,
-            "examples": (manifest.get("training") or {}).get("examples"), "quarantined": quarantined_rows(manifest),
-            "seconds": _finite((manifest.get("timings") or {}).get("total")), "message": result.message}
+    manifest = Manifest.from_dict(result.manifest)
+    return {"kind": result.kind, "version": result.version, "generation": manifest.generation,
+            "as_of": result.date.isoformat(), "reason": reason, "window_days": manifest.extra.get("window_days"),
+            "users": manifest.rows.user - 1, "items": manifest.rows.item - 1,
+            "examples": (manifest.extra.get("training") or {}).get("examples"),
+            "quarantined": manifest.quarantined_rows,
+            "seconds": _finite(manifest.timings.get("total")), "message": result.message}
 
 
 @task(name="publish-dashboard", **_IO_RETRIES)
@@ -568,7 +563,7 @@ def backfill(start: str, end: str, data: str | Path = "data", store: str | Path 
     report["version"] = Store(store).require_current()
     report_backfill(report, start, end, failed)
     report["dashboard"] = publish_dashboard(store)
-    if failure is not None:
+    if failure is not None and failed is not None:
         failure.add_note(f"backfill stopped at {failed['date']} after applying {len(report['applied'])} partition(s); "
                          f"run the same backfill again to resume there")
         raise failure

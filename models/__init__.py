@@ -9,6 +9,15 @@ import os
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# The options the models accept, named once, here, where importing them loads no TensorFlow (the configuration
+# validates its settings against them).
+#: The SGD objectives of `models.mf.MatrixFactorization` (iALS, `models.ials`, is the pipeline's default).
+SGD_OBJECTIVES = ("retrieval", "rating")
+#: What a bias table does with the rows of a frozen block (`models.embedding.bias_trainable_from`).
+BIAS_POLICIES = ("frozen", "trainable")
+#: How `models.initializers.initialize_rows` fills appended rows.
+INIT_STRATEGIES = ("normal", "mean", "metadata", "fold_in", "uniform")
+
 
 def quiet_tensorflow():
     """Import TensorFlow without its native start-up chatter and return the module.

@@ -10,14 +10,18 @@ batch, and the optimizer never sees the frozen block.
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 import models  # sets TF_USE_LEGACY_KERAS before TensorFlow is imported
 
-tf = models.quiet_tensorflow()
+if TYPE_CHECKING:  # the annotations name TensorFlow's types; at run time it is imported quietly
+    import tensorflow as tf
+else:
+    tf = models.quiet_tensorflow()
 
-BIAS_POLICIES = ("frozen", "trainable")
+BIAS_POLICIES = models.BIAS_POLICIES
 
 
 def bias_trainable_from(policy: str, trainable_from: int) -> int:

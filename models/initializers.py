@@ -11,7 +11,9 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-STRATEGIES = ("normal", "mean", "metadata", "fold_in", "uniform")
+from models import INIT_STRATEGIES
+
+STRATEGIES = INIT_STRATEGIES
 
 # Spread of the random initializers when there is nothing to match (an empty table); Keras' default scale.
 DEFAULT_SCALE = 0.05
@@ -207,7 +209,7 @@ def initialize_rows(strategy: str, *, existing: np.ndarray, n_new: int, seed: in
     """
     n_new = _check_n_new(n_new)
     has_tokens = existing_tokens is not None and new_tokens is not None
-    if has_tokens and new_tokens.shape[0] != n_new:
+    if new_tokens is not None and new_tokens.shape[0] != n_new:
         raise ValueError(f"new_tokens has {new_tokens.shape[0]} rows but n_new is {n_new}")
     if strategy == "normal":
         return init_normal(existing, n_new, seed)
@@ -231,6 +233,6 @@ def initialize_rows(strategy: str, *, existing: np.ndarray, n_new: int, seed: in
         if missing.any():
             vectors[missing] = initialize_rows(
                 "metadata", existing=existing, n_new=int(missing.sum()), seed=seed,
-                existing_tokens=existing_tokens, new_tokens=new_tokens[missing] if has_tokens else None)
+                existing_tokens=existing_tokens, new_tokens=new_tokens[missing] if new_tokens is not None else None)
         return vectors
     raise ValueError(f"init strategy must be one of {STRATEGIES}, got {strategy!r}")

@@ -11,23 +11,27 @@ A user u and an item i have vectors p_u, q_i (and optional biases b_u, b_i). Two
 Both add lambda * (||p_u||^2 + ||q_i||^2 + b_u^2 + b_i^2) per example for the rows the batch looks up. Task
 losses are sums over the batch (TFRS' convention, which stays exact under a `tf.distribute` strategy since the
 replicas' sums add up), so the row penalties are scaled to sums as well. Old rows are frozen by the tables
-themselves (`models.embedding`); serving ranks with `tfrs.layers.factorized_top_k.BruteForce`.
+themselves (`models.embedding`). Scoring and top-k for serving live in `pipeline.evaluation` and
+`pipeline.recommend` (NumPy over the stored tables).
 """
 from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import numpy as np
 
 import models  # sets TF_USE_LEGACY_KERAS before TensorFlow is imported
 
-tf = models.quiet_tensorflow()
+if TYPE_CHECKING:  # the annotations name TensorFlow's types; at run time it is imported quietly
+    import tensorflow as tf
+else:
+    tf = models.quiet_tensorflow()
 import tensorflow_recommenders as tfrs
 from models.embedding import FrozenTailBias, FrozenTailEmbedding, bias_trainable_from
 
-OBJECTIVES = ("retrieval", "rating")
+OBJECTIVES = models.SGD_OBJECTIVES
 OPTIMIZERS = ("adagrad", "adam", "sgd")
 # Steps run per call into the compiled train function: amortizes Python overhead over small batches.
 STEPS_PER_EXECUTION = 16
@@ -66,7 +70,7 @@ class MatrixFactorization(tfrs.models.Model):
         super().__init__()
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
-        if bias_policy not in ("frozen", "trainable"):
+        if bias_policy not in models.BIAS_POLICIES:
             raise ValueError(f"bias_policy must be 'frozen' or 'trainable', got {bias_policy!r}")
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
@@ -170,50 +174,6 @@ class MatrixFactorization(tfrs.models.Model):
         return {"user": self.user_embedding.numpy(), "item": self.item_embedding.numpy(),
                 "user_bias": self.user_bias.numpy() if self.user_bias is not None else None,
                 "item_bias": self.item_bias.numpy() if self.item_bias is not None else None}
-
-    def _user_offset(self, user_rows: np.ndarray) -> np.ndarray:
-        """The part of a user's scores shared by every item: b_u + mu for the rating objective, else 0."""
-        offset = np.zeros(len(user_rows), np.float32)
-        if self.objective == "rating":
-            offset += np.float32(self.global_bias)
-            if self.user_bias is not None:
-                offset += self.user_bias(user_rows).numpy()
-        return offset
-
-    def score(self, user_rows: np.ndarray) -> np.ndarray:
-        """Scores of every item for each user: [n, n_items] = P[rows] Q^T + b_item (+ b_u + mu for rating)."""
-        user_rows = _as_rows(user_rows, self.user_embedding.num_rows, "user_rows")
-        scores = self.user_embedding(user_rows).numpy() @ self.item_embedding.numpy().T
-        if self.item_bias is not None:
-            scores += self.item_bias.numpy()[None, :]
-        return scores + self._user_offset(user_rows)[:, None]
-
-    def recommend(self, user_rows: np.ndarray, k: int,
-                  exclude: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Each user's k best items by `score`, never row 0 nor the user's `exclude` rows (e.g. seen items).
-
-        Ranks with `tfrs.layers.factorized_top_k.BruteForce` over candidates [q_i, b_i] and queries [p_u, 1],
-        asking for k + (most exclusions of a user) + 1 and filtering. Returns (item rows int64 [n, k], scores
-        float32 [n, k]); when fewer than k items are left, trailing slots hold row -1 and score -inf.
-        """
-        user_rows = _as_rows(user_rows, self.user_embedding.num_rows, "user_rows")
-        queries = self.user_embedding(user_rows)
-        candidates = self.item_embedding.numpy()
-        if self.item_bias is not None:
-            queries = tf.concat([queries, tf.ones_like(queries[:, :1])], axis=1)
-            candidates = np.concatenate([candidates, self.item_bias.numpy()[:, None]], axis=1)
-        rows, scores = _top_k_excluding(queries, candidates, k, exclude, len(user_rows))
-        return rows, scores + self._user_offset(user_rows)[:, None]
-
-    def similar_items(self, item_rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Each item's k nearest items by cosine similarity q_i . q_j / (||q_i|| ||q_j||), never itself nor row 0.
-
-        Returns (item rows int64 [n, k], cosines float32 [n, k]), padded with -1 / -inf like `recommend`.
-        """
-        item_rows = _as_rows(item_rows, self.item_embedding.num_rows, "item_rows")
-        table = self.item_embedding.numpy()
-        unit = table / np.maximum(np.linalg.norm(table, axis=1, keepdims=True), np.finfo(np.float32).tiny)
-        return _top_k_excluding(tf.constant(unit[item_rows]), unit, k, item_rows[:, None], len(item_rows))
 
     # ------------------------------------------------------------------------------------------ checkpoints
     def _tables_checkpoint(self) -> tf.train.Checkpoint:
@@ -373,42 +333,3 @@ def _as_rows(rows, n_rows: int, name: str) -> np.ndarray:
     if rows.size and (rows.min() < 0 or rows.max() >= n_rows):
         raise ValueError(f"{name} must be rows in [0, {n_rows}), got values in [{rows.min()}, {rows.max()}]")
     return rows
-
-
-def _top_k_excluding(queries: tf.Tensor, candidates: np.ndarray, k: int, exclude, n_queries: int):
-    """Top-k candidate rows per query by dot product via TFRS' BruteForce, skipping row 0 and `exclude`.
-
-    `exclude` is None or one array of candidate rows per query. Excluded pairs are found with one sorted
-    membership test over keys query * n_candidates + row; a stable sort then moves them behind the rest.
-    """
-    if k <= 0:
-        raise ValueError(f"k must be positive, got {k}")
-    n_candidates = len(candidates)
-    if exclude is None:
-        exclude = [np.zeros(0, np.int64)] * n_queries
-    if len(exclude) != n_queries:
-        raise ValueError(f"exclude must hold one array per query ({n_queries}), got {len(exclude)}")
-    lengths = np.fromiter((len(rows) for rows in exclude), dtype=np.int64, count=n_queries)
-    excluded = np.concatenate([np.asarray(rows, np.int64).ravel() for rows in exclude] + [np.zeros(0, np.int64)])
-    owners = np.repeat(np.arange(n_queries, dtype=np.int64), lengths)
-    excluded_keys = np.unique(np.concatenate([owners * n_candidates + excluded,
-                                              np.arange(n_queries, dtype=np.int64) * n_candidates]))  # row 0
-    asked = int(min(n_candidates, k + (lengths.max() if n_queries else 0) + 1))
-
-    index = tfrs.layers.factorized_top_k.BruteForce(k=asked)
-    index.index(tf.constant(candidates, tf.float32), tf.range(n_candidates, dtype=tf.int64))
-    top_scores, top_rows = index(queries, k=asked)
-    top_scores, top_rows = top_scores.numpy(), top_rows.numpy()
-
-    keys = np.arange(n_queries, dtype=np.int64)[:, None] * n_candidates + top_rows
-    dropped = np.isin(keys, excluded_keys)
-    order = np.argsort(dropped, axis=1, kind="stable")[:, :k]
-    rows = np.take_along_axis(top_rows, order, axis=1)
-    scores = np.take_along_axis(top_scores, order, axis=1).astype(np.float32)
-    dropped = np.take_along_axis(dropped, order, axis=1)
-    rows[dropped], scores[dropped] = -1, -np.inf
-    if rows.shape[1] < k:
-        pad = k - rows.shape[1]
-        rows = np.pad(rows, ((0, 0), (0, pad)), constant_values=-1)
-        scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
-    return rows, scores

@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from models import BIAS_POLICIES, INIT_STRATEGIES, SGD_OBJECTIVES
 from pipeline.errors import ConfigError
 
-INIT_STRATEGIES = ("normal", "mean", "metadata", "fold_in", "uniform")
-OBJECTIVES = ("ials", "auto", "retrieval", "rating")
+OBJECTIVES = ("ials", "auto", *SGD_OBJECTIVES)
 USER_POLICIES = ("refold_active", "frozen")
-BIAS_POLICIES = ("frozen", "trainable")
+#: The periods a partition may span (`[data] freq`; the data contract's `PERIOD_FREQS`).
 FREQUENCIES = ("day", "week", "month")
 
 
@@ -187,7 +187,7 @@ class AccreteConfig:
         for name, values in raw.items():
             if name not in sections:
                 raise ConfigError(f"{source}: unknown section [{name}] (known: {', '.join(sections)})")
-            section_cls = sections[name].default_factory
+            section_cls: Any = sections[name].default_factory  # every section is a dataclass with a default
             known = {f.name for f in dataclasses.fields(section_cls)}
             unknown = set(values) - known
             if unknown:

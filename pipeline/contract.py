@@ -31,9 +31,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline.config import FREQUENCIES
 from pipeline.errors import DataContractError
 
-PERIOD_FREQS = ("day", "week", "month")
+PERIOD_FREQS = FREQUENCIES  # listed once, in the configuration, which the CLI reads without loading pyarrow
 ENTITIES = ("interactions", "users", "items")
 METADATA_FILE = "_accrete.json"
 _PARTITION_DIR = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
@@ -44,6 +45,8 @@ _SECONDS_PER_UNIT = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 INTERACTIONS_SCHEMA = pa.schema([
     ("user_id", pa.string()), ("item_id", pa.string()), ("timestamp", pa.int64()), ("rating", pa.float32()),
 ])
+#: The consumed interactions a store keeps under history/ (what each user has seen, and when).
+HISTORY_SCHEMA = pa.schema([INTERACTIONS_SCHEMA.field(name) for name in ("user_id", "item_id", "timestamp")])
 QUARANTINE_SCHEMA = pa.schema([
     ("entity", pa.string()), ("file", pa.string()), ("row", pa.int64()), ("reason", pa.string()),
     ("user_id", pa.string()), ("item_id", pa.string()), ("timestamp", pa.string()), ("rating", pa.string()),
@@ -309,14 +312,14 @@ def _unify_codes(parts: list[tuple[pa.Array, np.ndarray]]) -> tuple[pa.Array, np
                 and pc.count_distinct(values).as_py() == len(values):
             return values, codes
     values = pa.concat_arrays([v for v, _ in parts]) if parts else pa.array([], pa.string())
-    codes = [c for _, c in parts]
+    code_parts = [c for _, c in parts]
     offsets = np.cumsum([0] + [len(v) for v, _ in parts])
     distinct = pc.unique(values)
     distinct = distinct.filter(pc.fill_null(pc.greater(pc.binary_length(distinct), 0), False))
     position = pc.index_in(values, value_set=distinct)
     position = pc.fill_null(position, -1).to_numpy().astype(np.int64) if len(position) else np.empty(0, np.int64)
     position = np.append(position, -1)  # code -1 stays -1
-    joined = np.concatenate([np.where(c >= 0, c + off, -1) for c, off in zip(codes, offsets)]) if codes else \
+    joined = np.concatenate([np.where(c >= 0, c + off, -1) for c, off in zip(code_parts, offsets)]) if code_parts else \
         np.empty(0, np.int64)
     return distinct, position[joined]
 
@@ -442,20 +445,6 @@ def _empty_quarantine() -> pa.Table:
     return QUARANTINE_SCHEMA.empty_table()
 
 
-def write_quarantine(quarantine: pa.Table, path: str | Path) -> None:
-    """Write a quarantine table as Parquet, atomically; an empty table writes nothing (no file means no bad rows).
-
-    Callers can therefore test `path.exists()` to know whether a partition had bad rows.
-    """
-    if quarantine.num_rows == 0:
-        return
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(quarantine.cast(QUARANTINE_SCHEMA), tmp)
-    os.replace(tmp, path)
-
-
 # ----------------------------------------------------------------------------------------------- reading
 
 
@@ -552,11 +541,11 @@ def _read_interactions(files: list[Path], data_dir: Path, start: int, end: int,
     if bad.size == 0:
         return clean, _empty_quarantine(), has_ratings, n
     file_index, rows = _file_positions(lengths, bad)
-    values = _offending_values(tables, ["user_id", "item_id", "timestamp"] + (["rating"] if has_ratings else []),
-                               file_index, rows)
+    offending = _offending_values(tables, ["user_id", "item_id", "timestamp"] + (["rating"] if has_ratings else []),
+                                  file_index, rows)
     names = np.asarray([_relative(f, data_dir) for f in files], dtype=object)[file_index]
     quarantine = _quarantine_rows("interactions", names, rows,
-                                  np.asarray(_INTERACTION_REASONS, dtype=object)[reason[bad]], values)
+                                  np.asarray(_INTERACTION_REASONS, dtype=object)[reason[bad]], offending)
     return clean, quarantine, has_ratings, n
 
 
@@ -637,7 +626,7 @@ def read_partition(data_dir: str | Path, date: datetime.date, freq: str | None =
     quarantine = pa.concat_tables([q_inter, q_users, q_items])
 
     reasons, counts = np.unique(quarantine.column("reason").to_numpy(zero_copy_only=False).astype(str),
-                                return_counts=True) if quarantine.num_rows else ([], [])
+                                return_counts=True)
     report = {
         "date": date.isoformat(),
         "freq": freq,

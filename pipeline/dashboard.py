@@ -15,7 +15,6 @@ import functools
 import html
 import http.server
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,10 +26,11 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
+from pipeline.atomic import write_text_atomically
 from pipeline.decision import THRESHOLD_DIRECTIONS, read_drift_history
 from pipeline.drift import METRIC_KEYS
 from pipeline.errors import StoreError
-from pipeline.status import quarantined_rows
+from pipeline.manifest import Manifest
 from pipeline.store import DRIFT, Store
 
 #: Panels of the page, in order; each is ``<section id="panel-<name>" data-panel="<name>">``.
@@ -98,26 +98,25 @@ class DashboardData:
     store: str
     history: pd.DataFrame
     versions: pd.DataFrame
-    current: dict[str, Any]
+    current: Manifest
     embedding: EmbeddingView | None
 
 
-def _version_row(manifest: dict[str, Any]) -> dict[str, Any]:
+def _version_row(manifest: Manifest) -> dict[str, Any]:
     """The dashboard's summary of one manifest (one row of `DashboardData.versions`)."""
-    rows = manifest.get("rows", {})
-    at_retrain = manifest.get("drift_state", {}).get("rows_at_retrain", {})
-    drift = manifest.get("drift", {})
+    rows = manifest.rows
+    at_retrain = manifest.drift_state.rows_at_retrain
     summary: dict[str, Any] = {
-        "version": int(manifest["version"]), "parent": manifest.get("parent"),
-        "generation": int(manifest.get("generation", 0)), "kind": manifest.get("kind", "?"),
-        "date": manifest.get("partition") or manifest.get("as_of"), "created_at": manifest.get("created_at"),
-        "reason": manifest.get("reason", ""), "retrain": bool(drift.get("retrain", False)),
-        "reasons": drift.get("reasons", ""),
+        "version": manifest.version, "parent": manifest.parent,
+        "generation": manifest.generation, "kind": manifest.kind,
+        "date": manifest.partition or manifest.extra.get("as_of"), "created_at": manifest.created_at,
+        "reason": manifest.reason or "", "retrain": manifest.retrain_due,
+        "reasons": manifest.drift.get("reasons", ""),
     }
     for entity in ("user", "item"):
-        total = int(rows.get(entity, 1))
+        total = max(1, getattr(rows, entity))
         summary[f"{entity}_rows"] = total - 1
-        summary[f"{entity}_new"] = int(rows.get(f"{entity}_new", 0))
+        summary[f"{entity}_new"] = getattr(rows, f"{entity}_new")
         base = int(at_retrain.get(entity, total))
         # Rows appended since the last full retrain over all rows (row 0 excluded): 0 right after a retrain.
         summary[f"{entity}_added_share"] = (total - base) / (total - 1) if total > 1 else math.nan
@@ -183,28 +182,29 @@ def project_embeddings(vectors: np.ndarray, *, max_points: int = MAX_EMBEDDING_P
     return coords, shown, explained
 
 
-def _item_groups(n_rows: int, manifest: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+def _item_groups(n_rows: int, manifest: Manifest) -> tuple[np.ndarray, np.ndarray]:
     """Group label per item row (row 0 included, labelled ""), and the rows added by this version.
 
     Incremental version: "frozen" rows below the trainable boundary, "warm-up" rows trainable but created
     before this step, "new in this step". Full retrain: every row trained from scratch; rows the retrain
     itself added (new partitions it consumed) are "new in this step".
     """
-    rows = manifest.get("rows", {})
-    new_from = max(1, n_rows - int(rows.get("item_new", 0)))
+    rows = manifest.rows
+    new_from = max(1, n_rows - rows.item_new)
     groups = np.empty(n_rows, dtype=object)
     groups[0] = ""
-    if manifest.get("kind") == "full_retrain":
+    if manifest.kind == "full_retrain":
         groups[1:new_from] = "retrained"
     else:
-        trainable_from = min(max(1, int(rows.get("item_trainable_from", new_from))), new_from)
+        trainable_from = min(max(1, rows.item_trainable_from if "item_trainable_from" in rows.present else new_from),
+                             new_from)
         groups[1:trainable_from] = "frozen"
         groups[trainable_from:new_from] = "warm-up (trainable)"
     groups[new_from:] = "new in this step"
     return groups, np.arange(new_from, n_rows)
 
 
-def _embedding_view(store: Store, version: int, manifest: dict[str, Any]) -> EmbeddingView | None:
+def _embedding_view(store: Store, version: int, manifest: Manifest) -> EmbeddingView | None:
     state = store.load(version)
     vectors = state.item_vectors
     n = len(vectors)
@@ -219,7 +219,7 @@ def _embedding_view(store: Store, version: int, manifest: dict[str, Any]) -> Emb
         ids = pc.replace_substring(ids, raw, entity)
     ids = ids.to_numpy(zero_copy_only=False).astype(object)
     created = np.datetime_as_string(state.item_vocab.created[shown_rows], unit="D")
-    return EmbeddingView(version=version, kind=manifest.get("kind", "?"), coords=coords, shown_rows=shown_rows,
+    return EmbeddingView(version=version, kind=manifest.kind, coords=coords, shown_rows=shown_rows,
                          shown_ids=ids, shown_created=created, norms=np.linalg.norm(body, axis=1),
                          groups=groups[1:], explained=explained, n_rows=n - 1)
 
@@ -236,13 +236,13 @@ def collect_dashboard_data(store_dir: str | Path) -> DashboardData:
     store = Store(store_dir)
     current = store.require_current()
     published = store.versions()
-    manifests = [store.manifest(v) for v in published]
+    manifests = [store.read_manifest(v) for v in published]
     versions = pd.DataFrame([_version_row(m) for m in manifests])
     history = read_drift_history(store.root / DRIFT)
     if len(history):
         # Records of versions `accrete gc` deleted stay; a record newer than CURRENT is not published.
         history = history[history["version"] <= current].reset_index(drop=True)
-    current_manifest = manifests[-1] if manifests and manifests[-1]["version"] == current else store.manifest(current)
+    current_manifest = manifests[-1] if manifests and manifests[-1].version == current else store.read_manifest(current)
     return DashboardData(store=str(store.root.resolve()), history=history, versions=versions,
                          current=current_manifest, embedding=_embedding_view(store, current, current_manifest))
 
@@ -319,7 +319,7 @@ def _add_retrain_markers(fig: go.Figure, retrains: pd.DataFrame, cells: list[tup
 
 def _age_cap(data: DashboardData) -> float | None:
     """The configured age cap (days since the last full retrain that always retrains), if recorded."""
-    value = data.current.get("config", {}).get("drift", {}).get("max_days_since_full_retrain")
+    value = data.current.config.get("drift", {}).get("max_days_since_full_retrain")
     return float(value) if value is not None else None
 
 
@@ -552,13 +552,13 @@ def _fmt(value: Any) -> str:
 
 def _header_html(data: DashboardData) -> str:
     m = data.current
-    kind = m.get("kind", "?")
+    kind = m.kind
     history = data.history
     retrains = _retrains(data)
     last_retrain = retrains.iloc[-1] if len(retrains) else None
     if kind == "incremental":
-        due = bool(m.get("drift", {}).get("retrain", False))
-        reasons = [r for r in _reasons_text(m.get("drift", {}).get("reasons", "")).split("; ") if r]
+        due = m.retrain_due
+        reasons = m.reasons
     else:
         due, reasons = False, []
     held = [r for r in reasons if r.startswith("cooldown:")]
@@ -575,30 +575,30 @@ def _header_html(data: DashboardData) -> str:
         why = reasons
     else:
         verdict = '<span class="badge ok">no retrain due</span>'
-        why = reasons if kind == "incremental" else [f"a full retrain just ran (reason: {m.get('reason', '?')})"]
+        why = reasons if kind == "incremental" else [f"a full retrain just ran (reason: {m.reason or '?'})"]
     why_html = "".join(f"<li>{html.escape(r)}</li>" for r in why) or "<li>every drift metric is within its threshold</li>"
     state = "due" if due else "held" if held else "waiting" if waiting else "ok"
-    users, items = (max(0, int(m.get("rows", {}).get(entity, 1)) - 1) for entity in ("user", "item"))
+    users, items = max(0, m.rows.user - 1), max(0, m.rows.item - 1)
     built = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    timings = m.get("timings", {})
-    seconds = f", took {timings['total']:.1f} s" if isinstance(timings.get("total"), (int, float)) else ""
+    total = m.timings.get("total")
+    seconds = f", took {total:.1f} s" if isinstance(total, (int, float)) else ""
     retrain_line = "–"
     if last_retrain is not None:
         retrain_line = (f"v{last_retrain['version']} as of {html.escape(str(last_retrain['date']))} "
                         f"(reason: {html.escape(str(last_retrain['reason']))})")
     cards = [
-        ("Current version", f"v{m.get('version')} · generation {m.get('generation')}",
+        ("Current version", f"v{m.version} · generation {m.generation}",
          f"{'incremental step' if kind == 'incremental' else 'full retrain'}; "
          f"{users:,} users, {items:,} items"),
-        ("Last run", f"partition {html.escape(str(m.get('partition', '?')))}",
-         f"published {html.escape(str(m.get('created_at', '?')))}{seconds}; "
-         f"{quarantined_rows(m):,} input rows quarantined"),
+        ("Last run", f"partition {html.escape(str(m.partition or '?'))}",
+         f"published {html.escape(str(m.created_at or '?'))}{seconds}; "
+         f"{m.quarantined_rows:,} input rows quarantined"),
         ("Retrain", verdict, f"last full retrain: {retrain_line}"),
     ]
     card_html = "".join(f'<div class="card"><div class="label">{label}</div><div class="value">{value}</div>'
                         f'<div class="detail">{detail}</div></div>' for label, value, detail in cards)
-    return (f'<section id="panel-header" data-panel="header" data-version="{m.get("version")}" '
-            f'data-generation="{m.get("generation")}" data-retrain-due="{str(due).lower()}" data-retrain-state="{state}">'
+    return (f'<section id="panel-header" data-panel="header" data-version="{m.version}" '
+            f'data-generation="{m.generation}" data-retrain-due="{str(due).lower()}" data-retrain-state="{state}">'
             f'<h1>Accrete drift dashboard</h1><p class="store">{html.escape(data.store)} · {len(history)} incremental '
             f'steps, {len(retrains)} full retrains · built {built}</p>'
             f'<div class="cards">{card_html}</div><div class="why"><b>Why:</b><ul>{why_html}</ul></div></section>')
@@ -722,7 +722,7 @@ def render_dashboard(data: DashboardData) -> str:
     else:
         sections.append(_panel("embeddings", "Item embeddings", "", _empty_note("The item table is empty.")))
     sections.append(_decision_log_html(data))
-    title = f"Accrete drift · v{data.current.get('version')}"
+    title = f"Accrete drift · v{data.current.version}"
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f'<script type="text/javascript">{get_plotlyjs()}</script><style>{_CSS}</style></head>'
@@ -741,13 +741,9 @@ def build_dashboard(store_dir: str | Path, out: str | Path) -> Path:
     data = collect_dashboard_data(store_dir)
     page = render_dashboard(data)
     out = Path(out)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(page, encoding="utf-8")
-        os.replace(tmp, out)
+        write_text_atomically(out, page)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise StoreError(f"{out}: cannot write the dashboard: {exc}") from None
     return out
 
@@ -809,6 +805,8 @@ def serve_dashboard(path: str | Path, port: int, host: str = "127.0.0.1") -> Non
     """Serve one dashboard file on `host:port` (loopback by default) until Ctrl-C, printing its URL."""
     server = dashboard_server(path, port, host)
     bound_host, bound_port = server.server_address[:2]
+    if isinstance(bound_host, bytes):  # an AF_UNIX address; never for a TCP server, but typed so
+        bound_host = bound_host.decode()
     print(f"serving {Path(path).resolve()} at http://{bound_host}:{bound_port}/  (Ctrl-C to stop)", flush=True)
     try:
         server.serve_forever()

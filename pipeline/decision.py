@@ -21,6 +21,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.atomic import fsync_file
 from pipeline.config import DriftConfig
 from pipeline.drift import METRIC_KEYS
 from pipeline.errors import StoreError
@@ -263,8 +264,7 @@ def append_drift_history(directory: str | Path, record: dict) -> Path:
     temporary = directory / f".{final.name}.{uuid.uuid4().hex}.tmp"
     try:
         pq.write_table(table, temporary)
-        with open(temporary, "rb") as handle:
-            os.fsync(handle.fileno())
+        fsync_file(temporary)
         try:
             os.link(temporary, final)
         except FileExistsError:

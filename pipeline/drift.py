@@ -319,7 +319,7 @@ def rating_js_divergence(reference_hist: np.ndarray, partition_hist: np.ndarray,
     return float(np.clip(distance * distance, 0.0, 1.0)) if math.isfinite(distance) else 0.0
 
 
-def quality_ratio(recall_history: Sequence[float], smoothing_steps: int) -> float:
+def quality_ratio(recall_history: Sequence[float] | np.ndarray, smoothing_steps: int) -> float:
     """Smoothed recommendation quality relative to its level just after the last full retrain.
 
     Why: the drift metrics above are proxies; this is the outcome. Frozen rows age, and prequential

@@ -21,6 +21,9 @@ import scipy.sparse as sp
 # when it owns its memory and is writable, so a scorer must return a fresh array, not a cached one.
 Scorer = Callable[[np.ndarray], np.ndarray]
 
+#: The metrics a step's summary shows first (status, the flows' artifacts and logs), from `evaluate_prequential`.
+HEADLINE_METRICS = ("recall@10", "ndcg@10", "recall@10/new_users", "recall@10/new_items", "coverage@10")
+
 
 def uses_item_bias(objective: str, use_bias: bool) -> bool:
     """Whether scores add the item bias: always under iALS (it holds the time-aware term), else `use_bias`."""

@@ -29,7 +29,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.atomic import write_parquet_atomically
 from pipeline.errors import StoreError
+from pipeline.manifest import Manifest
 from pipeline.store import ModelState, Store
 from pipeline.vocabulary import Vocabulary
 
@@ -83,8 +85,10 @@ def export_delta(store_dir: str | Path, out: str | Path, *, since: int, version:
     kept_frozen = {"user", "item"}
     for step in store.versions():
         if since < step <= new.version:
-            kept_frozen &= set(store.manifest(step).get("frozen_checksum", kept_frozen))
-    parts, summary = [], {"version": new.version, "since": since}
+            kept_frozen &= set(store.read_manifest(step).extra.get("frozen_checksum", kept_frozen))
+    new_manifest, old_manifest = Manifest.from_dict(new.manifest), Manifest.from_dict(old.manifest)
+    parts: list[pa.Table] = []
+    summary: dict[str, Any] = {"version": new.version, "since": since}
     for entity in ("user", "item"):
         new_vocab, new_vectors, new_bias = _tables(new, entity)
         old_vocab, old_vectors, old_bias = _tables(old, entity)
@@ -103,10 +107,10 @@ def export_delta(store_dir: str | Path, out: str | Path, *, since: int, version:
             same = same_vector & (new_bias[both].view(np.uint32) == old_bias[both_old].view(np.uint32))
         changed, unchanged = both[~same], both[same]
         vector_changed = ~same_vector[~same]
-        fine_tuned = any(m["config"]["model"]["frozen_lr_multiplier"] > 0 for m in (new.manifest, old.manifest))
-        if new.manifest["generation"] == old.manifest["generation"] and not fine_tuned and entity in kept_frozen:
+        fine_tuned = any(m.config["model"]["frozen_lr_multiplier"] > 0 for m in (new_manifest, old_manifest))
+        if new_manifest.generation == old_manifest.generation and not fine_tuned and entity in kept_frozen:
             # Within a generation, rows frozen in the old version must be byte-identical in the new one.
-            frozen_from = old.manifest["rows"][f"{entity}_trainable_from"]
+            frozen_from = getattr(old_manifest.rows, f"{entity}_trainable_from")
             vector_moved = changed[vector_changed & (old_row[changed] > 0) & (old_row[changed] < frozen_from)]
             if len(vector_moved):
                 raise StoreError(f"delta check failed: {len(vector_moved)} {entity} rows frozen in version {since} "
@@ -126,7 +130,7 @@ def export_delta(store_dir: str | Path, out: str | Path, *, since: int, version:
     table = pa.concat_tables(parts)
     _write(table, out, _meta(new, {"version": new.version, "delta_since": since}))
     summary.update(rows=table.num_rows, out=str(out),
-                   generation_changed=new.manifest["generation"] != old.manifest["generation"])
+                   generation_changed=new_manifest.generation != old_manifest.generation)
     return summary
 
 
@@ -139,19 +143,14 @@ def read_export(path: str | Path) -> pa.Table:
 
 
 def _meta(state: ModelState, meta: dict[str, Any]) -> dict[str, Any]:
-    objective = state.manifest.get("objective")
+    manifest = Manifest.from_dict(state.manifest)
     score = "user.vector . item.vector + item.bias"
-    if objective == "rating":
+    if manifest.objective == "rating":
         score += " + user.bias + global_bias"
-    return {**meta, "objective": objective, "global_bias": float(state.manifest.get("global_bias", 0.0)),
-            "score": score, "recency": state.manifest.get("recency")}
+    return {**meta, "objective": manifest.objective, "global_bias": float(manifest.extra.get("global_bias", 0.0)),
+            "score": score, "recency": manifest.extra.get("recency")}
 
 
 def _write(table: pa.Table, out: str | Path, meta: dict[str, Any]) -> None:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     metadata = {b"accrete": json.dumps(meta).encode()}
-    table = table.replace_schema_metadata(metadata)
-    tmp = out.with_name(f".{out.name}.tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(out)
+    write_parquet_atomically(table.replace_schema_metadata(metadata), out)

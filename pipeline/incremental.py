@@ -1,27 +1,30 @@
 """One nightly incremental step, and the full retrain that starts a new generation.
 
-An incremental step for partition D, in order (data flows one way):
+An incremental step for partition D (`run_incremental_step` chooses D and reads it; `incremental_step` then runs
+these stages, each a plain function of a `Step`; data flows one way):
 
-1. load the current version; check D is the next partition to apply;
-2. read and validate D; extend the vocabularies with every new ID; extend the tables with a cold
-   initialization (no use of D's interactions);
-3. evaluate the current model on D before training on it (prequential, full ranking);
-4. re-initialize the new rows with the configured strategy (fold-in may now use D's interactions),
-   build the training set: D plus replayed old interactions from the reservoir;
-5. train: only the trainable tail moves, which is verified by checksum;
-6. drift metrics and the retrain decision; publish atomically; append the drift history.
+1. `extend_vocabularies`: every new ID of D appended (rows are never renumbered);
+2. `add_cold_rows`: a row per new user and item, initialized without D's interactions;
+   `read_generation_settings`: what the generation's full retrain fixed, and warnings when settings differ;
+3. `evaluate_before_training`: the current model scored on D before it trains on D (prequential, full ranking);
+4. `sample_replay`, `warm_start_new_rows`: replayed old interactions (SGD objectives) and the new rows
+   re-initialized from D (fold-in);
+5. `train_new_rows`: only the trainable rows move, which is verified by checksum;
+6. `measure_drift`: drift metrics and the retrain decision; `publish_step`: the version published atomically,
+   the drift history appended.
 
 A full retrain trains every row from scratch on the partitions up to an as-of date, and resets the
 drift reference and quality baseline.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, overload
 
 import numpy as np
 import pyarrow as pa
@@ -32,6 +35,7 @@ from pipeline import contract, decision as decision_mod, drift as drift_mod, eva
 from pipeline.config import AccreteConfig
 from pipeline.errors import PartitionOrderError, StoreError
 from pipeline.faults import maybe_fail
+from pipeline.manifest import Manifest
 from pipeline.reservoir import ReplayReservoir
 from pipeline.store import ModelState, Store, _json_default, sha256_of_array
 from pipeline.vocabulary import Vocabulary
@@ -51,7 +55,7 @@ class StepResult:
 
     @property
     def retrain_due(self) -> bool:
-        return bool(self.manifest.get("drift", {}).get("retrain", False))
+        return Manifest.from_dict(self.manifest).retrain_due
 
 
 def _noop(_: str) -> None:
@@ -143,7 +147,7 @@ def _init_new_rows(strategy: str, table: np.ndarray, n_old: int, n_new: int, see
     if strategy == "metadata" and not has_tokens:
         strategy = "normal"
     kwargs: dict[str, Any] = {}
-    if has_tokens:
+    if has_tokens and incidence is not None:
         kwargs["existing_tokens"] = incidence[1:n_old]
         kwargs["new_tokens"] = incidence[n_old:n_old + n_new]
     if strategy == "fold_in":
@@ -218,7 +222,7 @@ def _train(config: AccreteConfig, state: ModelState, objective: str, *, user_tra
     stats = train(model, users=users, items=items, ratings=ratings if objective == "rating" else None,
                   item_log_probability=log_probability, epochs=epochs, batch_size=config.train.batch_size,
                   learning_rate=config.train.learning_rate, optimizer=config.train.optimizer, seed=seed)
-    tables = model.tables()
+    tables = {name: table for name, table in model.tables().items() if table is not None}
     state.user_vectors = tables["user"].astype(np.float32)
     state.item_vectors = tables["item"].astype(np.float32)
     if model_config.use_bias:
@@ -254,7 +258,7 @@ def _rating_scale(config: AccreteConfig, reference: dict[str, np.ndarray] | None
     """The ratings a partition may hold (a row outside is quarantined on reading): the configured histogram edges'
     range, else the one the generation learned at its full retrain (`reference`); None for a full retrain, which
     learns the scale from its data. Stores from before the edges were learned keep the half-star default."""
-    edges = config.drift.rating_edges
+    edges: Any = config.drift.rating_edges
     if edges is None and reference is not None:
         edges = reference.get("rating_edges", drift_mod.DEFAULT_RATING_EDGES)
     return None if edges is None else (float(edges[0]), float(edges[-1]))
@@ -272,6 +276,10 @@ def _item_times(interactions: pa.Table, item_vocab: Vocabulary) -> tuple[np.ndar
     return items[keep], times[keep]
 
 
+@overload
+def _seconds(day: dt.date) -> float: ...
+@overload
+def _seconds(day: np.ndarray) -> np.ndarray: ...
 def _seconds(day: dt.date | np.ndarray) -> np.ndarray | float:
     """Unix seconds at the start of a date (or of each `datetime64[D]`)."""
     if isinstance(day, dt.date):
@@ -433,234 +441,371 @@ def run_incremental_step(data_dir: str | Path, store_dir: str | Path, date: dt.d
         partition = contract.read_partition(data_dir, date, freq, rating_range=_rating_scale(config, state.reference))
         maybe_fail(f"nightly:{date.isoformat()}")
         timings["ingest"] = time.perf_counter() - started
-        result = _incremental(config, store, state, partition, applied, timings, progress)
-        return result
+        return incremental_step(Step(config, store, state, partition, applied, timings, progress))
 
 
-def _incremental(config: AccreteConfig, store: Store, state: ModelState, partition: contract.Partition,
-                 applied: list[dt.date], timings: dict[str, float], progress: Progress) -> StepResult:
-    date = partition.date
-    model_config = config.model
-    seed = model_config.seed
-    clock = time.perf_counter()
-    parent_manifest = state.manifest
-    drift_state = parent_manifest.get("drift_state", {})
+# ----- the incremental step, stage by stage ------------------------------------------------------------
+@dataclass
+class Step:
+    """One incremental step in progress: its inputs, the model state it extends, and what each stage found.
 
-    # Vocabularies: every new ID from users/, items/ and the interactions, in that order of sources.
-    n_old_users, n_old_items = len(state.user_vocab), len(state.item_vocab)
-    state.user_vocab.extend(_ids(partition.users["user_id"], partition.interactions["user_id"]), date)
-    state.item_vocab.extend(_ids(partition.items["item_id"], partition.interactions["item_id"]), date)
-    n_users, n_items = len(state.user_vocab), len(state.item_vocab)
-    n_new_users, n_new_items = n_users - n_old_users, n_items - n_old_items
+    The stages below take a `Step` and fill in their part, in the order `incremental_step` calls them; each
+    is a plain function a test can call on a real store and partition.
+    """
+
+    config: AccreteConfig
+    store: Store
+    state: ModelState
+    partition: contract.Partition
+    applied: list[dt.date]
+    timings: dict[str, float] = field(default_factory=dict)
+    progress: Progress = _noop
+    # extend_vocabularies
+    n_old_users: int = 0
+    n_old_items: int = 0
+    users: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    items: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    ratings: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    incidence: sp.csr_matrix | None = None
+    # add_cold_rows, read_generation_settings
+    user_cold: str = "mean"
+    item_cold: str = "mean"
+    objective: str = "ials"
+    warnings: list[str] = field(default_factory=list)
+    recency: dict[str, Any] | None = None
+    log_counts: np.ndarray | None = None
+    arrival_sums: np.ndarray | None = None
+    # evaluate_before_training
+    history_users: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    history_items: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    metrics: dict[str, float] = field(default_factory=dict)
+    # sample_replay
+    replay_users: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    replay_items: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    replay_ratings: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    global_bias: float = 0.0
+    # train_new_rows
+    user_from: int = 0
+    item_from: int = 0
+    training: dict[str, Any] = field(default_factory=dict)
+    frozen_checksum: dict[str, str] = field(default_factory=dict)
+    # measure_drift
+    drift_metrics: dict[str, float] = field(default_factory=dict)
+    verdict: decision_mod.RetrainDecision | None = None
+    drift_state: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def date(self) -> dt.date:
+        return self.partition.date
+
+    @property
+    def parent(self) -> dict[str, Any]:
+        """The manifest of the version this step extends."""
+        return self.state.manifest
+
+    @property
+    def n_users(self) -> int:
+        return len(self.state.user_vocab)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.state.item_vocab)
+
+    def seed(self, salt: int) -> int:
+        return _seed_for(self.config.model.seed, self.date, salt)
+
+    @contextlib.contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        clock = time.perf_counter()
+        yield
+        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - clock
+
+
+def incremental_step(step: Step) -> StepResult:
+    """One partition through the stages of an incremental step, then published (see the module docstring)."""
+    with step.timed("vocabulary"):
+        extend_vocabularies(step)
+    with step.timed("evaluate"):
+        add_cold_rows(step)
+        read_generation_settings(step)
+        evaluate_before_training(step)
+    with step.timed("initialize"):
+        sample_replay(step)
+        warm_start_new_rows(step)
+    with step.timed("train"):
+        train_new_rows(step)
+    with step.timed("drift"):
+        measure_drift(step)
+    return publish_step(step)
+
+
+def extend_vocabularies(step: Step) -> None:
+    """Append every new ID (from users/, items/, then the interactions), the new items' attribute tokens, and
+    map the partition's interactions to rows."""
+    state, partition = step.state, step.partition
+    step.n_old_users, step.n_old_items = len(state.user_vocab), len(state.item_vocab)
+    state.user_vocab.extend(_ids(partition.users["user_id"], partition.interactions["user_id"]), step.date)
+    state.item_vocab.extend(_ids(partition.items["item_id"], partition.interactions["item_id"]), step.date)
     state.item_tokens = pa.concat_tables([state.item_tokens,
-                                          _tokens_table(partition.items, state.item_vocab, n_old_items)])
-    incidence = _incidence(state.item_tokens, n_items)
-    users, items, ratings = _interaction_arrays(partition.interactions, state.user_vocab, state.item_vocab)
-    timings["vocabulary"] = time.perf_counter() - clock
+                                          _tokens_table(partition.items, state.item_vocab, step.n_old_items)])
+    step.incidence = _incidence(state.item_tokens, step.n_items)
+    step.users, step.items, step.ratings = _interaction_arrays(partition.interactions, state.user_vocab,
+                                                               state.item_vocab)
 
-    # Cold rows for the prequential evaluation: the new partition's interactions are not used.
-    clock = time.perf_counter()
-    user_cold = _cold_strategy(model_config.init, has_tokens=False)
-    item_cold = _cold_strategy(model_config.init, has_tokens=incidence.shape[1] > 0)
-    new_user_vectors = _init_new_rows(user_cold, state.user_vectors, n_old_users, n_new_users, _seed_for(seed, date, 1))
-    new_item_vectors = _init_new_rows(item_cold, state.item_vectors, n_old_items, n_new_items, _seed_for(seed, date, 2),
-                                      incidence)
-    state.user_vectors = np.concatenate([state.user_vectors, new_user_vectors])
-    state.item_vectors = np.concatenate([state.item_vectors, new_item_vectors])
-    state.user_bias = _grow(state.user_bias, n_users, float(np.mean(state.user_bias[1:n_old_users])) if n_old_users > 1 else 0.0)
-    state.item_bias = _grow(state.item_bias, n_items, float(np.mean(state.item_bias[1:n_old_items])) if n_old_items > 1 else 0.0)
 
-    objective = parent_manifest["objective"]  # fixed for a generation by its full retrain
-    warnings = generation_setting_changes(config, parent_manifest, state.user_vectors.shape[1])
-    off_scale = partition.report["quarantined"].get(contract.RATING_OUTSIDE_SCALE, 0)
-    if off_scale:
-        low, high = _rating_scale(config, state.reference)
-        warnings.append(f"{off_scale:,} rating(s) of partition {date} outside the scale [{low:g}, {high:g}] learned at the "
-                        f"last full retrain were quarantined; if the rating scale changed, run `accrete retrain` (it "
-                        f"learns the scale from the data), or set drift.rating_edges")
-    for warning in warnings:
-        progress(f"warning: {warning}")
-    recency = parent_manifest.get("recency") if objective == "ials" else None
-    if recency:
-        arrival_sums = state.reference.get("arrival_sums")
-        log_counts = _recency_arrivals(state.reference["item_log_recency"], state.item_vocab, n_old_items, recency,
-                                       _arrival_prior(recency, state.reference))
-        state.item_bias = recency_mod.score_term(log_counts, recency["weight"])
+def add_cold_rows(step: Step) -> None:
+    """Append a row per new user and item, initialized without the partition's interactions (metadata or the
+    mean row), so that the prequential evaluation scores them cold; biases grow with their mean."""
+    state, model = step.state, step.config.model
+    n_old_users, n_old_items, n_users, n_items = step.n_old_users, step.n_old_items, step.n_users, step.n_items
+    has_tokens = step.incidence is not None and step.incidence.shape[1] > 0
+    step.user_cold = _cold_strategy(model.init, has_tokens=False)
+    step.item_cold = _cold_strategy(model.init, has_tokens=has_tokens)
+    new_users = _init_new_rows(step.user_cold, state.user_vectors, n_old_users, n_users - n_old_users, step.seed(1))
+    new_items = _init_new_rows(step.item_cold, state.item_vectors, n_old_items, n_items - n_old_items, step.seed(2),
+                               step.incidence)
+    state.user_vectors = np.concatenate([state.user_vectors, new_users])
+    state.item_vectors = np.concatenate([state.item_vectors, new_items])
+    state.user_bias = _grow(state.user_bias, n_users,
+                            float(np.mean(state.user_bias[1:n_old_users])) if n_old_users > 1 else 0.0)
+    state.item_bias = _grow(state.item_bias, n_items,
+                            float(np.mean(state.item_bias[1:n_old_items])) if n_old_items > 1 else 0.0)
 
-    history = store.read_history(applied)
-    history_users = state.user_vocab.lookup(history["user_id"])
-    history_items = state.item_vocab.lookup(history["item_id"])
-    seen = evaluation.seen_matrix(history_users, history_items, n_users, n_items)
-    scorer = evaluation.dot_scorer(state.user_vectors, state.item_vectors,
-                                   state.item_bias if evaluation.uses_item_bias(objective, model_config.use_bias) else None)
-    progress(f"evaluating on {len(users):,} interactions before training")
-    metrics = evaluation.evaluate_prequential(
-        scorer, test_users=users, test_items=items, n_items=n_items, seen=seen,
-        new_users=np.arange(n_old_users, n_users), new_items=np.arange(n_old_items, n_items),
+
+def read_generation_settings(step: Step) -> None:
+    """What the generation's full retrain fixed (objective, global mean, time-aware term), warnings for settings
+    or ratings that no longer match it, and the time-aware term of the new items' arrival."""
+    state, parent = step.state, step.parent
+    step.objective = parent["objective"]
+    step.global_bias = float(parent.get("global_bias", 0.0))
+    step.warnings = generation_setting_changes(step.config, parent, state.user_vectors.shape[1])
+    off_scale = step.partition.report["quarantined"].get(contract.RATING_OUTSIDE_SCALE, 0)
+    scale = _rating_scale(step.config, state.reference)
+    if off_scale and scale is not None:
+        low, high = scale
+        step.warnings.append(
+            f"{off_scale:,} rating(s) of partition {step.date} outside the scale [{low:g}, {high:g}] learned at the "
+            f"last full retrain were quarantined; if the rating scale changed, run `accrete retrain` (it "
+            f"learns the scale from the data), or set drift.rating_edges")
+    for warning in step.warnings:
+        step.progress(f"warning: {warning}")
+    step.recency = parent.get("recency") if step.objective == "ials" else None
+    if step.recency:
+        step.arrival_sums = state.reference.get("arrival_sums")
+        step.log_counts = _recency_arrivals(state.reference["item_log_recency"], state.item_vocab, step.n_old_items,
+                                            step.recency, _arrival_prior(step.recency, state.reference))
+        state.item_bias = recency_mod.score_term(step.log_counts, step.recency["weight"])
+
+
+def evaluate_before_training(step: Step) -> None:
+    """Prequential evaluation: score the partition's interactions with the tables as they stand (new rows cold),
+    seen items excluded; also for the items the previous step added."""
+    state, config = step.state, step.config
+    history = step.store.read_history(step.applied)
+    step.history_users = state.user_vocab.lookup(history["user_id"])
+    step.history_items = state.item_vocab.lookup(history["item_id"])
+    seen = evaluation.seen_matrix(step.history_users, step.history_items, step.n_users, step.n_items)
+    uses_bias = evaluation.uses_item_bias(step.objective, config.model.use_bias)
+    scorer = evaluation.dot_scorer(state.user_vectors, state.item_vectors, state.item_bias if uses_bias else None)
+    step.progress(f"evaluating on {len(step.users):,} interactions before training")
+    step.metrics = evaluation.evaluate_prequential(
+        scorer, test_users=step.users, test_items=step.items, n_items=step.n_items, seen=seen,
+        new_users=np.arange(step.n_old_users, step.n_users), new_items=np.arange(step.n_old_items, step.n_items),
         ks=config.eval.ks, user_batch=config.eval.user_batch)
-    if parent_manifest.get("kind") == "incremental":
+    if step.parent.get("kind") == "incremental":
         # Items the previous step added (initialized, then trained once): how well a new row does after
         # one incremental step, which is what the initialization strategy is judged by.
-        previous = parent_manifest["rows"]
+        previous = step.parent["rows"]
         recent = np.arange(previous["item"] - previous["item_new"], previous["item"])
         recent_metrics = evaluation.evaluate_prequential(
-            scorer, test_users=users, test_items=items, n_items=n_items, seen=seen, new_items=recent,
+            scorer, test_users=step.users, test_items=step.items, n_items=step.n_items, seen=seen, new_items=recent,
             ks=config.eval.ks, user_batch=config.eval.user_batch)
-        metrics.update({key.replace("/new_items", "/recent_items"): value
-                        for key, value in recent_metrics.items() if key.endswith("/new_items")})
-    timings["evaluate"] = time.perf_counter() - clock
+        step.metrics.update({key.replace("/new_items", "/recent_items"): value
+                             for key, value in recent_metrics.items() if key.endswith("/new_items")})
 
-    # Training set: the new partition plus a replay sample of old interactions.
-    clock = time.perf_counter()
-    # iALS solves rows from the partition and the history; only SGD training replays.
-    n_replay = 0 if objective == "ials" else int(round(config.train.replay_ratio * len(users)))
-    replay = state.reservoir.sample(n_replay, seed=_seed_for(seed, date, 3)) if n_replay else None
+
+def sample_replay(step: Step) -> None:
+    """Old interactions replayed with the partition's (SGD objectives only: iALS solves rows from the partition
+    and the history), drawn from the reservoir."""
+    n_replay = 0 if step.objective == "ials" else int(round(step.config.train.replay_ratio * len(step.users)))
+    replay = step.state.reservoir.sample(n_replay, seed=step.seed(3)) if n_replay else None
     if replay is not None and replay.num_rows:
-        r_users, r_items, r_ratings = _interaction_arrays(replay, state.user_vocab, state.item_vocab)
+        step.replay_users, step.replay_items, step.replay_ratings = _interaction_arrays(
+            replay, step.state.user_vocab, step.state.item_vocab)
+
+
+def warm_start_new_rows(step: Step) -> None:
+    """Under an SGD objective with `model.init = "fold_in"`, re-initialize the new rows by solving them against
+    the frozen opposite table, now that the partition's interactions may be used (iALS solves them in training)."""
+    state, model = step.state, step.config.model
+    if step.objective == "ials" or model.init != "fold_in":
+        return
+    users, items, ratings = step.users, step.items, step.ratings
+    n_old_users, n_old_items = step.n_old_users, step.n_old_items
+    if step.objective == "retrieval":
+        level = _positive_level(step.replay_users, step.replay_items, state.user_vectors, state.item_vectors)
+        item_targets = user_targets = np.full(len(users), level, np.float32)
     else:
-        r_users = r_items = np.zeros(0, np.int64)
-        r_ratings = np.zeros(0, np.float32)
-    global_bias = float(parent_manifest.get("global_bias", 0.0))
+        item_targets = ratings - step.global_bias - state.user_bias[users]
+        user_targets = ratings - step.global_bias - state.item_bias[items]
+    n_new_users, n_new_items = step.n_users - n_old_users, step.n_items - n_old_items
+    item_spec = _fold_in_spec(state.user_vectors, items, users, item_targets, n_old_items, n_old_users,
+                              n_new_items, model.fold_in_l2)
+    user_spec = _fold_in_spec(state.item_vectors, users, items, user_targets, n_old_users, n_old_items,
+                              n_new_users, model.fold_in_l2)
+    state.item_vectors[n_old_items:] = _init_new_rows(
+        "fold_in" if item_spec else step.item_cold, state.item_vectors, n_old_items, n_new_items,
+        step.seed(2), step.incidence, item_spec)
+    state.user_vectors[n_old_users:] = _init_new_rows(
+        "fold_in" if user_spec else step.user_cold, state.user_vectors, n_old_users, n_new_users,
+        step.seed(1), None, user_spec)
 
-    # Warm initialization of the new rows, now that the partition's interactions may be used.
-    if objective != "ials" and model_config.init == "fold_in":  # iALS solves its new rows below
-        if objective == "retrieval":
-            level = _positive_level(r_users, r_items, state.user_vectors, state.item_vectors)
-            item_targets = user_targets = np.full(len(users), level, np.float32)
-        else:
-            item_targets = ratings - global_bias - state.user_bias[users]
-            user_targets = ratings - global_bias - state.item_bias[items]
-        item_spec = _fold_in_spec(state.user_vectors, items, users, item_targets, n_old_items, n_old_users,
-                                  n_new_items, model_config.fold_in_l2)
-        user_spec = _fold_in_spec(state.item_vectors, users, items, user_targets, n_old_users, n_old_items,
-                                  n_new_users, model_config.fold_in_l2)
-        state.item_vectors[n_old_items:] = _init_new_rows(
-            "fold_in" if item_spec else item_cold, state.item_vectors, n_old_items, n_new_items,
-            _seed_for(seed, date, 2), incidence, item_spec)
-        state.user_vectors[n_old_users:] = _init_new_rows(
-            "fold_in" if user_spec else user_cold, state.user_vectors, n_old_users, n_new_users,
-            _seed_for(seed, date, 1), None, user_spec)
-    timings["initialize"] = time.perf_counter() - clock
 
-    clock = time.perf_counter()
-    user_from = trainable_boundary(state.user_vocab, date, applied, model_config.warmup_days)
-    item_from = trainable_boundary(state.item_vocab, date, applied, model_config.warmup_days)
+def train_new_rows(step: Step) -> None:
+    """Solve (iALS) or train (SGD, with replay) the trainable rows, update the time-aware term, and check by
+    checksum that the frozen blocks did not move."""
+    state, config, model = step.state, step.config, step.config.model
+    users, items = step.users, step.items
+    step.user_from = trainable_boundary(state.user_vocab, step.date, step.applied, model.warmup_days)
+    step.item_from = trainable_boundary(state.item_vocab, step.date, step.applied, model.warmup_days)
     # Under iALS with refold_active, active existing users move by design (measured: user_cosine_shift).
-    users_move = objective == "ials" and model_config.user_policy == "refold_active"
+    users_move = step.objective == "ials" and model.user_policy == "refold_active"
 
     def frozen_blocks() -> dict[str, str]:
-        blocks = {"item": sha256_of_array(state.item_vectors[:item_from])}
+        blocks = {"item": sha256_of_array(state.item_vectors[:step.item_from])}
         if not users_move:
-            blocks["user"] = sha256_of_array(state.user_vectors[:user_from])
+            blocks["user"] = sha256_of_array(state.user_vectors[:step.user_from])
         return blocks
 
     frozen_before = frozen_blocks()
-    train_users = np.concatenate([users, r_users])
-    train_items = np.concatenate([items, r_items])
-    train_ratings = np.concatenate([ratings, r_ratings])
-    training: dict[str, Any] = {"examples_new": int(len(users)), "examples_replayed": int(len(r_users))}
-    if objective == "ials":
-        progress(f"iALS: solving new rows and active users from {len(users):,} interactions")
-        training.update(_ials_fold(config, state, users=users, items=items, history_users=history_users,
-                                   history_items=history_items, n_old_users=n_old_users, n_old_items=n_old_items))
-        if recency:
-            item_rows, item_times = _item_times(partition.interactions, state.item_vocab)
-            log_counts = _recency_add(log_counts, item_rows, item_times, recency)
-            state.item_bias = recency_mod.score_term(log_counts, recency["weight"])
-            if recency.get("prior_learned") and n_new_items:
-                cohort = recency_mod.cohort_sums(
-                    np.full(n_new_items, _seconds(date)), np.bincount(item_rows, minlength=n_items)[n_old_items:],
-                    anchor_s=_seconds(dt.date.fromisoformat(recency["anchor"])),
-                    half_life_days=recency["half_life_days"])
-                arrival_sums = cohort if arrival_sums is None else arrival_sums + cohort
+    train_users = np.concatenate([users, step.replay_users])
+    step.training = {"examples_new": int(len(users)), "examples_replayed": int(len(step.replay_users))}
+    if step.objective == "ials":
+        step.progress(f"iALS: solving new rows and active users from {len(users):,} interactions")
+        step.training.update(_ials_fold(config, state, users=users, items=items, history_users=step.history_users,
+                                        history_items=step.history_items, n_old_users=step.n_old_users,
+                                        n_old_items=step.n_old_items))
+        if step.recency and step.log_counts is not None:
+            _add_partition_to_recency(step)
     elif config.train.epochs > 0 and len(train_users):
-        progress(f"training on {len(users):,} new + {len(r_users):,} replayed interactions")
-        training.update(_train(config, state, objective, user_trainable_from=user_from, item_trainable_from=item_from,
-                               users=train_users, items=train_items, ratings=train_ratings,
-                               epochs=config.train.epochs, seed=_seed_for(seed, date, 4), global_bias=global_bias))
-    frozen_after = frozen_blocks()
-    if model_config.frozen_lr_multiplier == 0.0 and frozen_after != frozen_before:
+        step.progress(f"training on {len(users):,} new + {len(step.replay_users):,} replayed interactions")
+        step.training.update(_train(
+            config, state, step.objective, user_trainable_from=step.user_from, item_trainable_from=step.item_from,
+            users=train_users, items=np.concatenate([items, step.replay_items]),
+            ratings=np.concatenate([step.ratings, step.replay_ratings]), epochs=config.train.epochs,
+            seed=step.seed(4), global_bias=step.global_bias))
+    step.frozen_checksum = frozen_blocks()
+    if model.frozen_lr_multiplier == 0.0 and step.frozen_checksum != frozen_before:
         raise RuntimeError("frozen rows changed during training: this is a bug in the frozen-tail embedding")
-    timings["train"] = time.perf_counter() - clock
 
-    # Replay reservoir and drift reference absorb the partition.
-    clock = time.perf_counter()
+
+def _add_partition_to_recency(step: Step) -> None:
+    """The partition's interactions into each item's time-decayed count (the item bias), and the new items'
+    first-period sums into the learned arrival prior."""
+    recency, state = step.recency, step.state
+    assert recency is not None and step.log_counts is not None
+    item_rows, item_times = _item_times(step.partition.interactions, state.item_vocab)
+    step.log_counts = _recency_add(step.log_counts, item_rows, item_times, recency)
+    state.item_bias = recency_mod.score_term(step.log_counts, recency["weight"])
+    n_new_items = step.n_items - step.n_old_items
+    if recency.get("prior_learned") and n_new_items:
+        cohort = recency_mod.cohort_sums(
+            np.full(n_new_items, _seconds(step.date)),
+            np.bincount(item_rows, minlength=step.n_items)[step.n_old_items:],
+            anchor_s=_seconds(dt.date.fromisoformat(recency["anchor"])), half_life_days=recency["half_life_days"])
+        step.arrival_sums = cohort if step.arrival_sums is None else step.arrival_sums + cohort
+
+
+def measure_drift(step: Step) -> None:
+    """The partition into the replay reservoir and the drift reference; the drift metrics against the reference
+    before it, and the retrain decision; the drift state the next step carries on from."""
+    state, config, partition = step.state, step.config, step.partition
+    users, items, n_users, n_items = step.users, step.items, step.n_users, step.n_items
+    parent_state = step.parent.get("drift_state", {})
     state.reservoir.add(partition.interactions)
     ref = state.reference
     reference_users = _grow(ref["user_counts"], n_users)
     reference_items = _grow(ref["item_counts"], n_items)
     reference_ratings = ref.get("rating_hist")
     rating_edges = _stored_rating_edges(config, ref)
-    partition_ratings = ratings if partition.has_ratings else None
-    measured = metrics.get("users", 0) >= config.drift.min_evaluated_users
-    recall_history = [*drift_state.get("recall_history", []),
-                      float(metrics.get("recall@10", np.nan)) if measured else float("nan")]
-    retrain_info = drift_state.get("last_full_retrain", {})
-    retrain_date = dt.date.fromisoformat(retrain_info["date"]) if retrain_info else min(applied)
-    rows_at_retrain = drift_state.get("rows_at_retrain", {"user": n_old_users, "item": n_old_items})
-    interactions_since = int(drift_state.get("interactions_since_retrain", 0)) + len(users)
-    interactions_total = int(drift_state.get("interactions_total", 0)) + len(users)
+    measured = step.metrics.get("users", 0) >= config.drift.min_evaluated_users
+    recall_history = [*parent_state.get("recall_history", []),
+                      float(step.metrics.get("recall@10", np.nan)) if measured else float("nan")]
+    retrain_info = parent_state.get("last_full_retrain", {})
+    retrain_date = dt.date.fromisoformat(retrain_info["date"]) if retrain_info else min(step.applied)
+    rows_at_retrain = parent_state.get("rows_at_retrain", {"user": step.n_old_users, "item": step.n_old_items})
+    interactions_since = int(parent_state.get("interactions_since_retrain", 0)) + len(users)
+    interactions_total = int(parent_state.get("interactions_total", 0)) + len(users)
     item_added = np.zeros(n_items, bool)
     item_added[rows_at_retrain["item"]:] = True
     drift_inputs = drift_mod.DriftInputs(
-        date=date, user_rows=users, item_rows=items,
-        is_new_user=users >= n_old_users, is_new_item=items >= n_old_items,
-        ratings=partition_ratings, reference_user_counts=reference_users, reference_item_counts=reference_items,
+        date=step.date, user_rows=users, item_rows=items,
+        is_new_user=users >= step.n_old_users, is_new_item=items >= step.n_old_items,
+        ratings=step.ratings if partition.has_ratings else None, reference_user_counts=reference_users,
+        reference_item_counts=reference_items,
         reference_rating_hist=reference_ratings if partition.has_ratings else None,
         recall_history=recall_history,
         user_rows_total=n_users - 1, item_rows_total=n_items - 1,
         user_rows_added_since_retrain=n_users - rows_at_retrain["user"],
         item_rows_added_since_retrain=n_items - rows_at_retrain["item"],
         interactions_since_retrain=interactions_since, interactions_total=interactions_total,
-        days_since_retrain=(date - retrain_date).days,
+        days_since_retrain=(step.date - retrain_date).days,
         item_vectors=state.item_vectors, item_added_since_retrain=item_added, rating_edges=rating_edges)
-    drift_metrics = drift_mod.compute_drift_metrics(drift_inputs, config.drift)
-    verdict = decision_mod.decide(drift_metrics, previous_streaks=drift_state.get("streaks", {}),
-                                  days_since_full_retrain=(date - retrain_date).days, config=config.drift)
+    step.drift_metrics = drift_mod.compute_drift_metrics(drift_inputs, config.drift)
+    step.verdict = decision_mod.decide(step.drift_metrics, previous_streaks=parent_state.get("streaks", {}),
+                                       days_since_full_retrain=(step.date - retrain_date).days, config=config.drift)
+    step.drift_state = {
+        "recall_history": recall_history, "streaks": step.verdict.streaks,
+        "last_full_retrain": retrain_info or {"version": step.parent["version"], "date": retrain_date.isoformat()},
+        "rows_at_retrain": rows_at_retrain, "interactions_since_retrain": interactions_since,
+        "interactions_total": interactions_total}
     reference_users += np.bincount(users, minlength=n_users).astype(reference_users.dtype)
     reference_items += np.bincount(items, minlength=n_items).astype(reference_items.dtype)
     state.reference = {"user_counts": reference_users, "item_counts": reference_items}
-    if recency:
-        state.reference["item_log_recency"] = log_counts
-        if arrival_sums is not None:
-            state.reference["arrival_sums"] = arrival_sums
+    if step.recency and step.log_counts is not None:
+        state.reference["item_log_recency"] = step.log_counts
+        if step.arrival_sums is not None:
+            state.reference["arrival_sums"] = step.arrival_sums
     if "rating_edges" in ref:
         state.reference["rating_edges"] = ref["rating_edges"]
     if partition.has_ratings:
-        hist = drift_mod.rating_histogram(ratings, rating_edges, source=f"partition {date}")[0]
+        hist = drift_mod.rating_histogram(step.ratings, rating_edges, source=f"partition {step.date}")[0]
         state.reference["rating_hist"] = hist if reference_ratings is None else reference_ratings + hist
-    timings["drift"] = time.perf_counter() - clock
 
+
+def publish_step(step: Step) -> StepResult:
+    """Write the partition into the history, the manifest, and publish the version; append the drift record."""
+    state, parent, partition, verdict = step.state, step.parent, step.partition, step.verdict
+    assert verdict is not None, "measure_drift runs before publish_step"
+    store, date = step.store, step.date
     version = store.require_current() + 1  # after --force the parent is older than the current version
     store.write_history(date, partition.interactions)
     manifest = {
-        "version": version, "parent": int(parent_manifest["version"]),
-        "generation": int(parent_manifest["generation"]), "kind": "incremental",
+        "version": version, "parent": int(parent["version"]),
+        "generation": int(parent["generation"]), "kind": "incremental",
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "partition": date.isoformat(),
-        "partitions": sorted({*parent_manifest["partitions"], date.isoformat()}),
-        "global_bias": global_bias, "objective": objective, "recency": recency,
-        "rows": {"user": n_users, "item": n_items, "user_new": n_new_users, "item_new": n_new_items,
-                 "user_trainable_from": user_from, "item_trainable_from": item_from},
-        "frozen_checksum": frozen_after,
-        "metrics": metrics,
-        "drift": {**verdict.to_record(), "metrics": drift_metrics},
-        "drift_state": {"recall_history": recall_history, "streaks": verdict.streaks,
-                        "last_full_retrain": retrain_info or {"version": parent_manifest["version"], "date": retrain_date.isoformat()},
-                        "rows_at_retrain": rows_at_retrain, "interactions_since_retrain": interactions_since,
-                        "interactions_total": interactions_total},
+        "partitions": sorted({*parent["partitions"], date.isoformat()}),
+        "global_bias": step.global_bias, "objective": step.objective, "recency": step.recency,
+        "rows": {"user": step.n_users, "item": step.n_items, "user_new": step.n_users - step.n_old_users,
+                 "item_new": step.n_items - step.n_old_items,
+                 "user_trainable_from": step.user_from, "item_trainable_from": step.item_from},
+        "frozen_checksum": step.frozen_checksum,
+        "metrics": step.metrics,
+        "drift": {**verdict.to_record(), "metrics": step.drift_metrics},
+        "drift_state": step.drift_state,
         "ingest": partition.report,
         "quarantined_rows": int(partition.quarantine.num_rows),
-        "warnings": warnings,
-        "training": training,
-        "config": config.to_dict(),
+        "warnings": step.warnings,
+        "training": step.training,
+        "config": step.config.to_dict(),
     }
-    timings["total"] = sum(timings.values())
-    manifest["timings"] = timings
-    progress(f"publishing version {version}")
+    step.timings["total"] = sum(step.timings.values())
+    manifest["timings"] = step.timings
+    step.progress(f"publishing version {version}")
     clock = time.perf_counter()
     store.publish(state, manifest, quarantine=partition.quarantine)
-    manifest["timings"]["publish"] = time.perf_counter() - clock
+    step.timings["publish"] = time.perf_counter() - clock
     _append_drift(store, state.manifest)
     return StepResult("incremental", version, date, state.manifest,
                       f"applied {date} as version {version}" + (" (retrain due)" if verdict.retrain else ""))

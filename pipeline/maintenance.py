@@ -22,11 +22,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.atomic import fsync_dir
 from pipeline.decision import read_drift_record
 from pipeline.errors import StoreError
 from pipeline.faults import maybe_fail
+from pipeline.manifest import Manifest
 from pipeline.store import (CURRENT, DRIFT, HISTORY, MANIFEST, TRASH_PREFIX, VERSIONS, Store, _file_sha256,
-                            _fsync_dir, sha256_of_array, version_name)
+                            sha256_of_array, version_name)
 
 
 def _tree_bytes(path: Path) -> int:
@@ -91,10 +93,10 @@ def plan_gc(store_dir: str | Path, keep: int, keep_generations: int = 0) -> GcPl
         hold(int(parent), "parent of CURRENT")
     version = current
     while version in manifests and not manifests[version].get("metrics"):
-        version = manifests[version].get("parent")
-        if version is None or int(version) not in manifests:
+        parent_version = manifests[version].get("parent")
+        if parent_version is None or int(parent_version) not in manifests:
             break
-        version = int(version)
+        version = int(parent_version)
         hold(version, "nearest ancestor with metrics")
     oldest_recent = min(v for v, reasons in kept.items() if any(r.startswith(("newest", "generation", "CURRENT"))
                                                                      for r in reasons))
@@ -150,7 +152,7 @@ def collect_garbage(store_dir: str | Path, keep: int, keep_generations: int = 0,
             os.rename(store.version_dir(version), target)
             trash.append(target)
             maybe_fail("gc:renamed-one")
-        _fsync_dir(versions_dir)
+        fsync_dir(versions_dir)
         maybe_fail("gc:before-delete")
         for target in trash:
             shutil.rmtree(target)
@@ -225,6 +227,11 @@ def _read_manifest(path: Path, version: int, problems: list[str]) -> dict[str, A
     if manifest["version"] != version:
         problems.append(f"{path}: damaged manifest (says version {manifest['version']}, directory is {version})")
         return None
+    try:
+        Manifest.from_dict(manifest)  # what every command reads must parse
+    except (ValueError, TypeError, AttributeError) as exc:
+        problems.append(f"{path}: damaged manifest ({exc})")
+        return None
     return manifest
 
 
@@ -267,7 +274,7 @@ def _verify_frozen_blocks(store: Store, version: int, manifest: dict[str, Any], 
         if not fine_tuned and own != digest:
             problems.append(f"{path}: frozen block (rows 0..{rows - 1}) does not match the manifest's frozen_checksum")
         if same_generation and not fine_tuned:
-            parent_dir = store.version_dir(int(parent))
+            parent_dir = store.version_dir(int(manifest["parent"]))
             try:
                 theirs = _frozen_block(parent_dir, entity, rows)
             except (OSError, ValueError) as exc:

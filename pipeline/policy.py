@@ -11,15 +11,8 @@ from typing import Any
 
 from pipeline import contract
 from pipeline.decision import fired_reasons
+from pipeline.manifest import reasons_list
 from pipeline.store import Store
-
-
-def reasons_list(reasons: str | list[str] | None) -> list[str]:
-    """A decision's reasons as a list. Manifests store them joined by '; ' (`RetrainDecision.to_record`);
-    older ones hold a list. Both shapes are on disk."""
-    if isinstance(reasons, str):
-        return [reason for reason in reasons.split("; ") if reason]
-    return [str(reason) for reason in reasons or []]
 
 
 def retrain_reason(reasons: str | list[str] | None) -> str:
@@ -32,20 +25,15 @@ def retrain_reason(reasons: str | list[str] | None) -> str:
 def owed_retrain(store_dir: str | Path) -> dict[str, Any] | None:
     """A retrain the current version asked for but that never ran (the run crashed or was killed after the
     step was published): {"date": ISO date, "reasons": [...]}; None when nothing is owed."""
-    store = Store(store_dir)
-    store.require_current()
-    manifest = store.manifest()
-    drift = manifest.get("drift") or {}
-    if manifest.get("kind") == "incremental" and drift.get("retrain"):
-        return {"date": manifest["partition"], "reasons": reasons_list(drift.get("reasons"))}
+    manifest = Store(store_dir).read_manifest()
+    if manifest.kind == "incremental" and manifest.retrain_due:
+        return {"date": manifest.partition, "reasons": manifest.reasons}
     return None
 
 
 def applied_partitions(store_dir: str | Path) -> list[dt.date]:
     """Every partition the current version has consumed, in date order."""
-    store = Store(store_dir)
-    store.require_current()
-    return sorted(dt.date.fromisoformat(d) for d in store.manifest()["partitions"])
+    return sorted(dt.date.fromisoformat(d) for d in Store(store_dir).read_manifest().partitions)
 
 
 def pending_partitions(data_dir: str | Path, store_dir: str | Path) -> list[dt.date]:

@@ -9,19 +9,18 @@ each model version, so a version's replay is reproducible.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.atomic import write_parquet_atomically
+from pipeline.contract import INTERACTIONS_SCHEMA
 from pipeline.errors import DataContractError, StoreError
 
 # The interaction columns the reservoir holds (the clean-partition contract); other columns are dropped.
-RESERVOIR_SCHEMA = pa.schema(
-    [("user_id", pa.string()), ("item_id", pa.string()), ("timestamp", pa.int64()), ("rating", pa.float32())]
-)
+RESERVOIR_SCHEMA = INTERACTIONS_SCHEMA
 _METADATA_KEY = b"accrete.reservoir"
 _FORMAT = 1
 # Philox produces its stream in blocks of 4 64-bit words per counter step (numpy's `advance` unit).
@@ -134,15 +133,9 @@ class ReplayReservoir:
         path = Path(path)
         state = {"format": _FORMAT, "capacity": self.capacity, "seed": self.seed, "n_seen": self.n_seen}
         table = self._table.replace_schema_metadata({_METADATA_KEY: json.dumps(state).encode()})
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         try:
-            with open(tmp, "wb") as handle:
-                pq.write_table(table, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
+            write_parquet_atomically(table, path)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
             raise StoreError(f"{path}: cannot write the replay reservoir ({exc})") from None
 
     @classmethod

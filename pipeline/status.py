@@ -4,21 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline.policy import reasons_list
+from pipeline.evaluation import HEADLINE_METRICS
 from pipeline.store import Store
-
-_METRICS = ("recall@10", "ndcg@10", "recall@10/new_items", "recall@10/new_users", "coverage@10")
-
-
-def quarantined_rows(manifest: dict[str, Any]) -> int:
-    """Rows this version set aside in its quarantine file. Manifests before `quarantined_rows` was written hold
-    only the ingest report(s): one partition's for a step, one per date read for a full retrain (where only the
-    partitions it consumed for the first time are quarantined again, so this may count more for old ones)."""
-    if "quarantined_rows" in manifest:
-        return int(manifest["quarantined_rows"])
-    ingest = manifest.get("ingest") or {}
-    reports = [ingest] if "quarantined" in ingest else [r for r in ingest.values() if isinstance(r, dict)]
-    return sum(int(n) for report in reports for n in (report.get("quarantined") or {}).values())
 
 
 def store_status(store_dir: str | Path) -> dict[str, Any]:
@@ -27,17 +14,17 @@ def store_status(store_dir: str | Path) -> dict[str, Any]:
     current = store.require_current()
     versions = []
     for version in store.versions():
-        manifest = store.manifest(version)
+        manifest = store.read_manifest(version)
         versions.append({
-            "version": version, "parent": manifest.get("parent"), "generation": manifest.get("generation"),
-            "kind": manifest.get("kind"), "partition": manifest.get("partition"),
-            "created_at": manifest.get("created_at"), "rows": manifest.get("rows"),
-            "metrics": {k: manifest.get("metrics", {}).get(k) for k in _METRICS if k in manifest.get("metrics", {})},
-            "retrain_due": manifest.get("drift", {}).get("retrain", False),
-            "reasons": reasons_list(manifest.get("drift", {}).get("reasons")),
-            "retrain_reason": manifest.get("reason") if manifest.get("kind") == "full_retrain" else None,
-            "quarantined": quarantined_rows(manifest),
-            "seconds": round(manifest.get("timings", {}).get("total", 0.0), 2),
+            "version": version, "parent": manifest.parent, "generation": manifest.generation,
+            "kind": manifest.kind, "partition": manifest.partition,
+            "created_at": manifest.created_at, "rows": manifest.rows.to_dict() if "rows" in manifest.present else None,
+            "metrics": {k: manifest.metrics[k] for k in HEADLINE_METRICS if k in manifest.metrics},
+            "retrain_due": manifest.retrain_due,
+            "reasons": manifest.reasons,
+            "retrain_reason": manifest.reason if manifest.kind == "full_retrain" else None,
+            "quarantined": manifest.quarantined_rows,
+            "seconds": round(manifest.timings.get("total", 0.0), 2),
         })
     head = versions[-1]
     return {"store": str(store.root.resolve()), "current": current, "generation": head["generation"],

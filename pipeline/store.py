@@ -33,8 +33,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.atomic import fsync_dir, fsync_file, write_parquet_atomically, write_text_atomically
+from pipeline.contract import HISTORY_SCHEMA
 from pipeline.errors import StoreError
 from pipeline.faults import maybe_fail
+from pipeline.manifest import SCHEMA_VERSION, Manifest
 from pipeline.reservoir import ReplayReservoir
 from pipeline.vocabulary import Vocabulary
 
@@ -44,7 +47,7 @@ VERSIONS = "versions"
 HISTORY = "history"
 DRIFT = "drift"
 MANIFEST = "manifest.json"
-FORMAT = 1
+FORMAT = SCHEMA_VERSION
 #: Name prefixes inside versions/: a version being written, and a version `accrete gc` is deleting.
 STAGING_PREFIX = ".tmp-"
 TRASH_PREFIX = ".trash-"
@@ -134,15 +137,20 @@ class Store:
                 found.append(number)
         return sorted(found)
 
-    def manifest(self, version: int | None = None) -> dict[str, Any]:
+    def read_manifest(self, version: int | None = None) -> Manifest:
+        """A published version's manifest (default: the current one), typed; the one reader of manifest.json."""
         version = self.require_current() if version is None else version
         path = self.version_dir(version) / MANIFEST
         if not path.exists() or version > self.require_current():
             raise StoreError(f"{self.root}: no published version {version}")
         try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
+            return Manifest.from_dict(json.loads(path.read_text()))
+        except (json.JSONDecodeError, ValueError, TypeError, AttributeError) as exc:
             raise StoreError(f"{path}: damaged manifest: {exc}") from None
+
+    def manifest(self, version: int | None = None) -> dict[str, Any]:
+        """`read_manifest` as the JSON document (for the step code that carries its keys along)."""
+        return self.read_manifest(version).to_dict()
 
     def load(self, version: int | None = None, *, verify: bool = True) -> ModelState:
         """A version's full state; `verify` checks every file against the manifest's checksums."""
@@ -195,7 +203,7 @@ class Store:
 
     def write_history(self, date: dt.date, interactions: pa.Table) -> None:
         """The clean interactions of a consumed partition; rewritten identically if a crashed run left one."""
-        _atomic_write_parquet(_history_columns(interactions), self.history_path(date))
+        write_parquet_atomically(_history_columns(interactions), self.history_path(date))
 
     def write_history_base(self, dates: list[dt.date], written: dict[dt.date, pa.Table] | None = None) -> None:
         """One consolidated file of the given partitions' history (a full retrain writes it), so that
@@ -209,7 +217,7 @@ class Store:
         tables = [_history_columns(written[d]) if d in written else self._read_history_file(d) for d in dates]
         table = pa.concat_tables(tables) if tables else self._read_history_files([])
         table = table.replace_schema_metadata({b"accrete.dates": json.dumps([d.isoformat() for d in dates]).encode()})
-        _atomic_write_parquet(table, self.root / HISTORY / f"base-until={dates[-1].isoformat()}.parquet")
+        write_parquet_atomically(table, self.root / HISTORY / f"base-until={dates[-1].isoformat()}.parquet")
 
     def read_history(self, dates: list[dt.date]) -> pa.Table:
         """The consumed interactions of the given partitions (user_id, item_id, timestamp): the newest
@@ -233,8 +241,7 @@ class Store:
     def _read_history_files(self, dates: list[dt.date]) -> pa.Table:
         tables = [self._read_history_file(date) for date in dates]
         if not tables:
-            return pa.table({"user_id": pa.array([], pa.string()), "item_id": pa.array([], pa.string()),
-                             "timestamp": pa.array([], pa.int64())})
+            return HISTORY_SCHEMA.empty_table()
         return pa.concat_tables(tables)
 
     def _read_history_file(self, date: dt.date) -> pa.Table:
@@ -325,25 +332,22 @@ class Store:
         state.item_vocab.save(tmp / "item_vocab.parquet")
         pq.write_table(state.item_tokens, tmp / "item_tokens.parquet")
         state.reservoir.save(tmp / "reservoir.parquet")
-        np.savez(tmp / "reference.npz", **state.reference)
+        np.savez(tmp / "reference.npz", **state.reference)  # type: ignore[arg-type]  # numpy stubs type **kwds as allow_pickle
         if quarantine is not None and quarantine.num_rows:
             pq.write_table(quarantine, tmp / "quarantine.parquet")
         maybe_fail("publish:files-written")
         manifest = {**manifest, "format": FORMAT,
                     "files": {p.name: _file_sha256(p) for p in sorted(tmp.iterdir())}}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=_json_default))
+        typed = Manifest.from_dict(manifest)  # the writer checks what every reader relies on
+        (tmp / MANIFEST).write_text(json.dumps(typed.to_dict(), indent=2, sort_keys=True, default=_json_default))
         for path in tmp.iterdir():
-            _fsync_file(path)
-        _fsync_dir(tmp)
+            fsync_file(path)
+        fsync_dir(tmp)
         maybe_fail("publish:before-rename")
         os.rename(tmp, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         maybe_fail("publish:before-pointer")
-        pointer_tmp = self.root / f".{CURRENT}.tmp"
-        pointer_tmp.write_text(version_name(version) + "\n")
-        _fsync_file(pointer_tmp)
-        os.replace(pointer_tmp, self.root / CURRENT)
-        _fsync_dir(self.root)
+        write_text_atomically(self.root / CURRENT, version_name(version) + "\n")
         state.manifest = manifest
         maybe_fail("publish:after-pointer")
 
@@ -369,7 +373,7 @@ class Store:
 
 # ----- file helpers ---------------------------------------------------------------------------------
 def _history_columns(interactions: pa.Table) -> pa.Table:
-    return interactions.select(["user_id", "item_id", "timestamp"])
+    return interactions.select(HISTORY_SCHEMA.names)
 
 
 def _json_default(value: Any) -> Any:
@@ -395,28 +399,6 @@ def _file_sha256(path: Path) -> str:
 def _save_npy(path: Path, array: np.ndarray) -> None:
     with open(path, "wb") as handle:
         np.save(handle, np.ascontiguousarray(array))
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write_parquet(table: pa.Table, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp)
-    _fsync_file(tmp)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 # ----- the run lock ---------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ input is looked up through its (small) dictionary only.
 from __future__ import annotations
 
 import datetime
-import os
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline.atomic import write_parquet_atomically
 from pipeline.errors import VocabularyError
 
 ENTITIES = ("user", "item")
@@ -226,10 +226,6 @@ class Vocabulary:
             raise VocabularyError(f"{self.entity} row {int(rows[bad][0])} is outside the vocabulary (0..{len(self) - 1})")
         return self._ids.take(pa.array(rows))
 
-    def rows_created_since(self, date: datetime.date) -> np.ndarray:
-        """Boolean mask over rows: created on or after `date` (always False for the OOV row)."""
-        return self._created >= _as_day(date)
-
     def save(self, path: str | Path) -> None:
         """Write the vocabulary as Parquet (`row int64, id string, created date32`), atomically.
 
@@ -241,10 +237,7 @@ class Vocabulary:
              "created": pa.array(self._created, type=pa.date32())},
             schema=_SCHEMA.with_metadata({_ENTITY_METADATA_KEY: self.entity.encode()}),
         )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
+        write_parquet_atomically(table, path)
 
     @classmethod
     def load(cls, path: str | Path, entity: str) -> Vocabulary:

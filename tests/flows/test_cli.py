@@ -101,6 +101,7 @@ def test_a_missing_config_file_is_one_line_before_any_prefect_api_starts(command
     assert not (home / "prefect.db").exists()
 
 
+@pytest.mark.slow  # its store is made by `accrete retrain` and `accrete nightly`, which start Prefect
 def test_data_store_and_dates_are_checked_before_any_prefect_api_starts(run_cli, world, cli_store, config_path,
                                                                         tmp_path):
     home = tmp_path / "prefect-home"
@@ -123,6 +124,7 @@ def test_data_store_and_dates_are_checked_before_any_prefect_api_starts(run_cli,
     assert not (home / "prefect.db").exists() and not no_store.exists()
 
 
+@pytest.mark.slow  # starts the temporary Prefect API
 def test_a_prefect_api_that_does_not_start_in_time_is_one_line_naming_the_remedy(run_cli, world, config_path,
                                                                                  tmp_path):
     """The user's PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS is respected (1 s: too short for any
@@ -152,6 +154,7 @@ def test_no_prefect_api_configured_or_allowed_is_one_line_naming_the_remedy(run_
     assert not (tmp_path / "store").exists()
 
 
+@pytest.mark.slow  # starts the temporary Prefect API
 def test_a_failing_backfill_is_one_line_naming_the_date_and_exits_2(run_cli, broken_world, make_store, config_path):
     data, bad = broken_world
     dates = list_partitions(data)
@@ -173,6 +176,7 @@ def test_a_wrong_store_path_is_one_clear_line(run_cli, tmp_path):
     assert not (tmp_path / "x.parquet").exists()
 
 
+@pytest.mark.slow  # its store is made by `accrete retrain` and `accrete nightly`, which start Prefect
 def test_a_run_with_nothing_to_do_says_so_in_one_line_without_starting_prefect(run_cli, world, cli_store,
                                                                                config_path, tmp_path):
     home, applied = tmp_path / "prefect-home", list_partitions(world)[:2]
@@ -195,6 +199,7 @@ def test_a_run_with_nothing_to_do_says_so_in_one_line_without_starting_prefect(r
     assert sorted(p.name for p in (cli_store / "versions").iterdir()) == before
 
 
+@pytest.mark.slow  # its store is made by `accrete retrain` and `accrete nightly`, which start Prefect
 def test_a_damaged_store_is_one_clear_line_for_reads_and_runs(run_cli, world, store_copy, config_path):
     (store_copy / "CURRENT").write_text("garbage\n")
     _assert_one_error_line(run_cli("status", "--store", store_copy), "status", "CURRENT", "damaged pointer", alone=True)
@@ -202,6 +207,7 @@ def test_a_damaged_store_is_one_clear_line_for_reads_and_runs(run_cli, world, st
     _assert_one_error_line(proc, "nightly", "CURRENT", "damaged pointer 'garbage'")
 
 
+@pytest.mark.slow  # its store is made by `accrete retrain` and `accrete nightly`, which start Prefect
 def test_status_json_describes_the_store_after_a_run(run_cli, cli_store, world):
     proc = run_cli("status", "--store", cli_store, "--json")
     assert proc.returncode == 0, proc.stderr
@@ -213,6 +219,7 @@ def test_status_json_describes_the_store_after_a_run(run_cli, cli_store, world):
     assert status["quarantined_rows"] == 0 and [v["quarantined"] for v in status["versions"]] == [0, 0]
 
 
+@pytest.mark.slow  # its store is made by `accrete retrain` and `accrete nightly`, which start Prefect
 def test_export_writes_every_row_and_the_delta_since_a_version(run_cli, cli_store, tmp_path):
     state = Store(cli_store).load()
     full_path, delta_path = tmp_path / "full.parquet", tmp_path / "delta.parquet"
@@ -254,6 +261,7 @@ def test_serve_without_a_server_or_with_a_bad_schedule_is_one_clear_line(run_cli
     _assert_one_error_line(proc, "serve", "Mars/Olympus_Mons", alone=True)
 
 
+@pytest.mark.slow  # its store is made by `accrete retrain` and `accrete nightly`, which start Prefect
 def test_status_json_is_strict_json_with_null_for_unmeasured_metrics(run_cli, cli_store):
     def refuse(constant):
         raise ValueError(f"non-standard JSON constant {constant}")

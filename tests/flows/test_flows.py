@@ -15,7 +15,8 @@ from pipeline.faults import ENV_VAR, InjectedFault
 from pipeline.incremental import run_incremental_step
 from pipeline.store import Store
 
-pytestmark = pytest.mark.usefixtures("prefect_api")
+# Every test runs a flow on a temporary Prefect API (about twenty seconds to start): the quick target skips them.
+pytestmark = [pytest.mark.usefixtures("prefect_api"), pytest.mark.slow]
 
 
 def _iso(dates) -> list[str]:
@@ -217,10 +218,11 @@ def test_a_nightly_run_leaves_its_summary_drift_table_and_dashboard_link(world, 
 
 def test_a_full_retrain_without_as_of_retrains_on_what_the_store_consumed(world, make_store, config_path):
     store = make_store(world)
+    run_incremental_step(world, store, config=AccreteConfig.load(config_path))  # consumed: the first two days
     result = full_retrain(data=str(world), store=str(store), config_path=config_path, dashboard=False)
     manifest = Store(store).manifest()
-    assert result["version"] == 2 and result["generation"] == 2 and result["reason"] == "manual"
-    assert manifest["as_of"] == list_partitions(world)[0].isoformat() and manifest["kind"] == "full_retrain"
+    assert result["version"] == 3 and result["generation"] == 2 and result["reason"] == "manual"
+    assert manifest["as_of"] == list_partitions(world)[1].isoformat() and manifest["kind"] == "full_retrain"
 
 
 def test_user_errors_reach_the_caller_as_themselves_not_as_prefect_wrappers(world, make_store, config_path):

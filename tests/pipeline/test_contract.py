@@ -10,7 +10,6 @@ import pytest
 from pipeline import contract
 from pipeline.contract import (
     QUARANTINE_SCHEMA, data_frequency, item_attribute_tokens, list_partitions, period_end, read_partition,
-    write_quarantine,
 )
 from pipeline.errors import DataContractError
 
@@ -265,15 +264,6 @@ def test_period_end_is_exclusive_and_follows_calendar_months():
     assert period_end(datetime.date(2024, 1, 31), "month") == datetime.date(2024, 2, 29)
     with pytest.raises(DataContractError):
         period_end(DAY, "year")
-
-
-def test_quarantine_is_written_only_when_it_holds_rows(tmp_path):
-    write(tmp_path, "interactions", DAY, interactions(user_id=["a", None, "c"]))
-    part = read_partition(tmp_path, DAY)
-    write_quarantine(part.quarantine, tmp_path / "q" / "bad.parquet")
-    assert pq.read_table(tmp_path / "q" / "bad.parquet").to_pylist() == part.quarantine.to_pylist()
-    write_quarantine(QUARANTINE_SCHEMA.empty_table(), tmp_path / "q" / "none.parquet")
-    assert not (tmp_path / "q" / "none.parquet").exists()
 
 
 def test_item_attribute_tokens_split_multi_valued_genres_and_skip_empty_values():

@@ -119,14 +119,6 @@ def test_mapping_from_marks_new_ids_minus_one_and_carry_rows_initializes_them():
         carry_rows(old_table, mapping, np.zeros((4, 3)))
 
 
-def test_rows_created_since_selects_rows_of_recent_partitions_only():
-    vocab = Vocabulary.empty("user")
-    vocab.extend(["a"], D0)
-    vocab.extend(["b"], D0 + datetime.timedelta(days=2))
-    assert vocab.rows_created_since(D0 + datetime.timedelta(days=1)).tolist() == [False, False, True]
-    assert vocab.rows_created_since(D0).tolist() == [False, True, True]
-
-
 def test_id_of_rejects_rows_outside_the_vocabulary():
     vocab = Vocabulary.empty("user")
     vocab.extend(["a"], D0)
