@@ -22,8 +22,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.converters import convert_generic  # noqa: E402
-from pipeline.movielens import _read_dat, convert_movielens  # noqa: E402
+from accrete.pipeline.converters import convert_generic  # noqa: E402
+from accrete.pipeline.movielens import _read_dat, convert_movielens  # noqa: E402
 
 from ingest import best_of  # noqa: E402  (bench/ is the script's own folder, first on sys.path)
 

@@ -31,12 +31,12 @@ SMOKE_DAYS = 8
 
 def make_year_store(work: Path, days: int, seed: int, world: dict[str, int] = YEAR_WORLD) -> Path:
     """Generate (once) a synthetic world of `days` daily partitions and backfill a store over all of it."""
-    from pipeline import contract
-    from pipeline.config import AccreteConfig
-    from pipeline.incremental import run_full_retrain, run_incremental_step
-    from pipeline.policy import pending_partitions, retrain_reason
-    from pipeline.store import Store
-    from pipeline.synthetic import generate_world
+    from accrete.pipeline import contract
+    from accrete.pipeline.config import AccreteConfig
+    from accrete.pipeline.incremental import run_full_retrain, run_incremental_step
+    from accrete.pipeline.policy import pending_partitions, retrain_reason
+    from accrete.pipeline.store import Store
+    from accrete.pipeline.synthetic import generate_world
 
     config = AccreteConfig().replace(model={"dim": 8}, train={"epochs": 1, "retrain_epochs": 1, "batch_size": 512},
                                      eval={"ks": (10,)})
@@ -88,9 +88,9 @@ def run(work: Path, days: int, seed: int, world: dict[str, int], *, repeat: int,
     print(f"store: {work / 'store'} ({days} days; built once, then reused)")
     store = make_year_store(work, days, seed, world)
 
-    from pipeline.dashboard import build_dashboard
-    from pipeline.decision import read_drift_history
-    from pipeline.store import Store
+    from accrete.pipeline.dashboard import build_dashboard
+    from accrete.pipeline.decision import read_drift_history
+    from accrete.pipeline.store import Store
 
     versions = Store(store).versions()
     history = read_drift_history(store / "drift")

@@ -27,9 +27,9 @@ import time
 
 import numpy as np
 
-import models  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+from accrete import models  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 import tensorflow as tf
-from models.embedding import FrozenTailEmbedding
+from accrete.models.embedding import FrozenTailEmbedding
 
 TECHNIQUES = ("ours", "concat", "constraint", "switch", "full")
 OPTIMIZER = {"ours": "adagrad", "concat": "adagrad", "constraint": "adam", "switch": "adagrad", "full": "adam"}

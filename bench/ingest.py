@@ -26,9 +26,9 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.contract import list_partitions, read_partition  # noqa: E402
-from pipeline.synthetic import generate_world  # noqa: E402
-from pipeline.vocabulary import Vocabulary  # noqa: E402
+from accrete.pipeline.contract import list_partitions, read_partition  # noqa: E402
+from accrete.pipeline.synthetic import generate_world  # noqa: E402
+from accrete.pipeline.vocabulary import Vocabulary  # noqa: E402
 
 TARGET_ROWS_PER_SECOND = 5_000_000
 

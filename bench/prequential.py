@@ -37,11 +37,11 @@ import pyarrow.compute as pc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline import contract, evaluation  # noqa: E402
-from pipeline.config import AccreteConfig  # noqa: E402
-from pipeline.incremental import run_full_retrain, run_incremental_step  # noqa: E402
-from pipeline.movielens import convert_movielens  # noqa: E402
-from pipeline.store import Store  # noqa: E402
+from accrete.pipeline import contract, evaluation  # noqa: E402
+from accrete.pipeline.config import AccreteConfig  # noqa: E402
+from accrete.pipeline.incremental import run_full_retrain, run_incremental_step  # noqa: E402
+from accrete.pipeline.movielens import convert_movielens  # noqa: E402
+from accrete.pipeline.store import Store  # noqa: E402
 
 DEFAULT_MOVIELENS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-latest-small"
 KEYS = (*evaluation.HEADLINE_METRICS, "recall@10/existing")

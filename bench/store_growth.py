@@ -15,7 +15,7 @@ import shutil
 import time
 from pathlib import Path
 
-from pipeline.contract import PERIOD_FREQS
+from accrete.pipeline.contract import PERIOD_FREQS
 
 
 def _bytes(path: Path) -> int:
@@ -31,12 +31,12 @@ def main() -> None:
     parser.add_argument("--keep", type=int, default=7)
     args = parser.parse_args()
 
-    from pipeline import contract
-    from pipeline.config import AccreteConfig
-    from pipeline.incremental import run_full_retrain, run_incremental_step
-    from pipeline.maintenance import collect_garbage, format_gc
-    from pipeline.movielens import convert_movielens
-    from pipeline.store import Store
+    from accrete.pipeline import contract
+    from accrete.pipeline.config import AccreteConfig
+    from accrete.pipeline.incremental import run_full_retrain, run_incremental_step
+    from accrete.pipeline.maintenance import collect_garbage, format_gc
+    from accrete.pipeline.movielens import convert_movielens
+    from accrete.pipeline.store import Store
 
     args.work.mkdir(parents=True, exist_ok=True)
     data = args.data

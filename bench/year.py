@@ -75,8 +75,8 @@ def _progress_printer(began: float):
 
 def worker(spec: dict) -> dict:
     """Run one retrain or step as described by `spec`; return its timings, peak RSS and manifest numbers."""
-    from pipeline.config import AccreteConfig
-    from pipeline.incremental import run_full_retrain, run_incremental_step
+    from accrete.pipeline.config import AccreteConfig
+    from accrete.pipeline.incremental import run_full_retrain, run_incremental_step
 
     import_rss = _rss_bytes()
     began = time.perf_counter()
@@ -133,7 +133,7 @@ def _bytes_under(path: Path) -> int:
 
 def ensure_world(data: Path, world: dict) -> dict:
     """The synthetic world under `data`, generated unless one with the same parameters is there already."""
-    from pipeline.synthetic import generate_world
+    from accrete.pipeline.synthetic import generate_world
 
     meta_path = data / "_accrete.json"
     if meta_path.is_file():

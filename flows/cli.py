@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from pipeline.config import FREQUENCIES
-from pipeline.errors import AccreteError
+from accrete.pipeline.config import FREQUENCIES
+from accrete.pipeline.errors import AccreteError
 
 DEFAULT_DATA = "data"
 DEFAULT_STORE = "store"
@@ -47,7 +47,7 @@ def _positive(text: str) -> int:
 
 
 def _config(args: argparse.Namespace):
-    from pipeline.config import AccreteConfig
+    from accrete.pipeline.config import AccreteConfig
 
     return AccreteConfig.load(args.config)
 
@@ -79,7 +79,7 @@ def _print(payload: Any, as_json: bool) -> None:
 
 # ----- commands ------------------------------------------------------------------------------------
 def cmd_generate(args: argparse.Namespace) -> None:
-    from pipeline.synthetic import generate_world
+    from accrete.pipeline.synthetic import generate_world
 
     started = time.perf_counter()
     summary = generate_world(args.out, days=args.days, seed=args.seed, shift_day=args.shift_day,
@@ -97,7 +97,7 @@ def cmd_convert(args: argparse.Namespace) -> None:
         if given:
             raise AccreteError(f"{', '.join(given)}: only for `accrete convert generic` (MovieLens folders have "
                                f"known columns)")
-        from pipeline.movielens import convert_movielens
+        from accrete.pipeline.movielens import convert_movielens
 
         _print(convert_movielens(args.path, args.out, freq=args.freq, overwrite=args.overwrite), args.json)
         return
@@ -105,7 +105,7 @@ def cmd_convert(args: argparse.Namespace) -> None:
                                         ("--time-col", args.time_col)) if value is None]
     if missing:
         raise AccreteError(f"convert generic needs {', '.join(missing)} (the names of the columns of {args.path})")
-    from pipeline.converters import convert_generic
+    from accrete.pipeline.converters import convert_generic
 
     _print(convert_generic(args.path, args.out, user_col=args.user_col, item_col=args.item_col,
                            time_col=args.time_col, rating_col=args.rating_col, time_unit=args.time_unit or "s",
@@ -115,7 +115,7 @@ def cmd_convert(args: argparse.Namespace) -> None:
 
 def _check_data(args: argparse.Namespace) -> list[dt.date]:
     """The configuration loads and the data directory is readable; its partition dates."""
-    from pipeline import contract
+    from accrete.pipeline import contract
 
     _config(args)
     return contract.list_partitions(args.data)
@@ -124,7 +124,7 @@ def _check_data(args: argparse.Namespace) -> list[dt.date]:
 def _require_store(args: argparse.Namespace) -> None:
     """The store holds an intact current version (a nightly step or a backfill builds on it): its files
     are present with their checksums. A damaged store is refused before any Prefect API starts."""
-    from pipeline.store import Store
+    from accrete.pipeline.store import Store
 
     store = Store(args.store)
     store.verify_files(store.require_current())
@@ -138,7 +138,7 @@ def _warn(command: str, result: dict[str, Any]) -> None:
 
 def _nothing_to_do(args: argparse.Namespace, start: dt.date | None = None, end: dt.date | None = None) -> bool:
     """Say so in one line (on stdout, or as JSON) and start nothing when the run would change nothing."""
-    from pipeline.policy import nothing_to_do
+    from accrete.pipeline.policy import nothing_to_do
 
     message = nothing_to_do(args.data, args.store, start, end)
     if message is None:
@@ -149,20 +149,20 @@ def _nothing_to_do(args: argparse.Namespace, start: dt.date | None = None, end: 
 
 
 def _current_version(args: argparse.Namespace) -> int:
-    from pipeline.store import Store
+    from accrete.pipeline.store import Store
 
     return Store(args.store).require_current()
 
 
 def _start_prefect_api() -> None:
-    from flows.flows import start_prefect_api
+    from accrete.flows.flows import start_prefect_api
 
     start_prefect_api()
 
 
 def cmd_retrain(args: argparse.Namespace) -> None:
-    from pipeline.errors import PartitionOrderError
-    from pipeline.store import Store
+    from accrete.pipeline.errors import PartitionOrderError
+    from accrete.pipeline.store import Store
 
     if not any(day <= args.as_of for day in _check_data(args)):
         raise PartitionOrderError(f"{args.data}: no partition on or before {args.as_of}")
@@ -171,7 +171,7 @@ def cmd_retrain(args: argparse.Namespace) -> None:
     if current is not None:
         store.verify_files(current)
     _start_prefect_api()
-    from flows.flows import full_retrain
+    from accrete.flows.flows import full_retrain
 
     result = full_retrain(data=str(args.data), store=str(args.store), as_of=args.as_of.isoformat(),
                           window_days=args.window_days, config_path=args.config)
@@ -179,7 +179,7 @@ def cmd_retrain(args: argparse.Namespace) -> None:
 
 
 def cmd_nightly(args: argparse.Namespace) -> None:
-    from pipeline.errors import PartitionOrderError
+    from accrete.pipeline.errors import PartitionOrderError
 
     partitions = _check_data(args)
     _require_store(args)
@@ -189,7 +189,7 @@ def cmd_nightly(args: argparse.Namespace) -> None:
     if not args.date and not args.force and _nothing_to_do(args):
         return
     _start_prefect_api()
-    from flows.flows import nightly
+    from accrete.flows.flows import nightly
 
     result = nightly(data=str(args.data), store=str(args.store),
                      date=args.date.isoformat() if args.date else None, force=args.force, config_path=args.config)
@@ -198,7 +198,7 @@ def cmd_nightly(args: argparse.Namespace) -> None:
 
 
 def cmd_backfill(args: argparse.Namespace) -> None:
-    from pipeline.errors import PartitionOrderError
+    from accrete.pipeline.errors import PartitionOrderError
 
     if args.end < args.start:
         raise AccreteError(f"--end {args.end} is before --start {args.start}")
@@ -210,7 +210,7 @@ def cmd_backfill(args: argparse.Namespace) -> None:
     if _nothing_to_do(args, args.start, args.end):
         return
     _start_prefect_api()
-    from flows.flows import backfill
+    from accrete.flows.flows import backfill
 
     result = backfill(data=str(args.data), store=str(args.store), start=args.start.isoformat(),
                       end=args.end.isoformat(), config_path=args.config, progress_bar=not args.json)
@@ -219,7 +219,7 @@ def cmd_backfill(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from pipeline.exports import export_delta, export_version
+    from accrete.pipeline.exports import export_delta, export_version
 
     if args.delta_since is not None:
         summary = export_delta(args.store, args.out, since=args.delta_since, version=args.version)
@@ -229,36 +229,36 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_recommend(args: argparse.Namespace) -> None:
-    from pipeline.recommend import recommend
+    from accrete.pipeline.recommend import recommend
 
     rows = recommend(args.store, args.user, args.k, version=args.version)
     _print(rows if args.json else "\n".join(f"{r['rank']:>3}  {r['item_id']}  {r['score']:.4f}" for r in rows), args.json)
 
 
 def cmd_similar(args: argparse.Namespace) -> None:
-    from pipeline.recommend import similar
+    from accrete.pipeline.recommend import similar
 
     rows = similar(args.store, args.item, args.k, version=args.version)
     _print(rows if args.json else "\n".join(f"{r['rank']:>3}  {r['item_id']}  {r['score']:.4f}" for r in rows), args.json)
 
 
 def cmd_status(args: argparse.Namespace) -> None:
-    from pipeline.status import store_status, format_status
+    from accrete.pipeline.status import store_status, format_status
 
     status = store_status(args.store)
     print(_dumps(status) if args.json else format_status(status))
 
 
 def cmd_gc(args: argparse.Namespace) -> None:
-    from pipeline.maintenance import collect_garbage, format_gc
+    from accrete.pipeline.maintenance import collect_garbage, format_gc
 
     summary = collect_garbage(args.store, args.keep, args.keep_generations, dry_run=args.dry_run)
     _print(summary if args.json else format_gc(summary), args.json)
 
 
 def cmd_verify(args: argparse.Namespace) -> None:
-    from pipeline.errors import StoreError
-    from pipeline.maintenance import verify_store
+    from accrete.pipeline.errors import StoreError
+    from accrete.pipeline.maintenance import verify_store
 
     report = verify_store(args.store)
     if args.json:
@@ -272,7 +272,7 @@ def cmd_verify(args: argparse.Namespace) -> None:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> None:
-    from pipeline.dashboard import build_dashboard, serve_dashboard
+    from accrete.pipeline.dashboard import build_dashboard, serve_dashboard
 
     out = Path(args.out) if args.out else Path(args.store) / "dashboard.html"
     started = time.perf_counter()
@@ -283,13 +283,13 @@ def cmd_dashboard(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    from flows.deployments import serve
+    from accrete.flows.deployments import serve
 
     serve(data=str(args.data), store=str(args.store), cron=args.cron, timezone=args.timezone, config_path=args.config)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from flows.demo import run_demo
+    from accrete.flows.demo import run_demo
 
     run_demo(Path(args.workdir), days=args.days, shift_day=args.shift_day, seed=args.seed)
 
@@ -422,7 +422,7 @@ def _interrupted(command: str, args: argparse.Namespace, signal_name: str) -> in
 
     state = ""
     if getattr(args, "store", None) is not None:
-        from pipeline.store import Store, version_name
+        from accrete.pipeline.store import Store, version_name
 
         try:
             current = Store(args.store).current_version()
@@ -449,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"accrete {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except RuntimeError as exc:
-        flows_module = sys.modules.get("flows.flows")  # loaded (with Prefect) only by the commands that need it
+        flows_module = sys.modules.get("accrete.flows.flows")  # loaded (with Prefect) only by the commands that need it
         if flows_module is None or not isinstance(exc, flows_module.PrefectAPIUnavailable):
             raise
         print(f"accrete {args.command}: error: {_one_line(exc)}", file=sys.stderr)

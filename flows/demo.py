@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from pipeline.errors import AccreteError
+from accrete.pipeline.errors import AccreteError
 
 #: The synthetic world: a catalogue that grows every day, with enough interactions for stable metrics.
 DEMO_WORLD: dict[str, Any] = dict(initial_users=600, initial_items=300, new_users_per_day=12, new_items_per_day=6,
@@ -134,10 +134,10 @@ def run_demo(workdir: Path, days: int = 40, shift_day: int = 25, seed: int = 0, 
         The summary's facts: seconds, current version, retrains (version, as_of, reason), mean
         Recall@10 per period, the backfill report and the paths.
     """
-    from flows.flows import backfill, full_retrain, start_prefect_api
-    from pipeline.status import store_status
-    from pipeline.store import Store
-    from pipeline.synthetic import generate_world
+    from accrete.flows.flows import backfill, full_retrain, start_prefect_api
+    from accrete.pipeline.status import store_status
+    from accrete.pipeline.store import Store
+    from accrete.pipeline.synthetic import generate_world
 
     started = time.perf_counter()
     workdir = Path(workdir).resolve()

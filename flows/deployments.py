@@ -23,8 +23,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import AccreteConfig
-from pipeline.errors import AccreteError
+from accrete.pipeline.config import AccreteConfig
+from accrete.pipeline.errors import AccreteError
 
 DEFAULT_CRON = "0 2 * * *"
 
@@ -62,7 +62,7 @@ def build_deployments(data: str | Path = "data", store: str | Path = "store", cr
     """
     from prefect.deployments.runner import EntrypointType
 
-    from flows.flows import backfill, full_retrain, nightly
+    from accrete.flows.flows import backfill, full_retrain, nightly
 
     AccreteConfig.load(config_path)
     schedule = _schedule(cron, timezone)

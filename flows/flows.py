@@ -35,14 +35,14 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from prefect.cache_policies import NO_CACHE
 from tqdm import tqdm
 
-from pipeline import contract
-from pipeline.config import AccreteConfig
-from pipeline.errors import AccreteError
-from pipeline.evaluation import HEADLINE_METRICS
-from pipeline.manifest import Manifest
-from pipeline.incremental import StepResult, run_full_retrain, run_incremental_step, sync_drift_history
-from pipeline.policy import applied_partitions as policy_applied, owed_retrain, retrain_reason
-from pipeline.store import Store
+from accrete.pipeline import contract
+from accrete.pipeline.config import AccreteConfig
+from accrete.pipeline.errors import AccreteError
+from accrete.pipeline.evaluation import HEADLINE_METRICS
+from accrete.pipeline.manifest import Manifest
+from accrete.pipeline.incremental import StepResult, run_full_retrain, run_incremental_step, sync_drift_history
+from accrete.pipeline.policy import applied_partitions as policy_applied, owed_retrain, retrain_reason
+from accrete.pipeline.store import Store
 
 NIGHTLY_SUMMARY_KEY = "accrete-nightly-summary"
 BACKFILL_SUMMARY_KEY = "accrete-backfill-summary"
@@ -327,7 +327,7 @@ def full_retrain_step(data: str, store: str, as_of: str, window_days: int | None
 @task(name="publish-dashboard", **_IO_RETRIES)
 def publish_dashboard(store: str) -> str:
     """Rebuild STORE/dashboard.html from the store and link it from the run (`accrete-dashboard`)."""
-    from pipeline.dashboard import build_dashboard
+    from accrete.pipeline.dashboard import build_dashboard
 
     out = Path(store).resolve() / DASHBOARD_FILE
     build_dashboard(store, out)

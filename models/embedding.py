@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-import models  # sets TF_USE_LEGACY_KERAS before TensorFlow is imported
+from accrete import models  # sets TF_USE_LEGACY_KERAS before TensorFlow is imported
 
 if TYPE_CHECKING:  # the annotations name TensorFlow's types; at run time it is imported quietly
     import tensorflow as tf

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from models import INIT_STRATEGIES
+from accrete.models import INIT_STRATEGIES
 
 STRATEGIES = INIT_STRATEGIES
 

@@ -22,14 +22,14 @@ from typing import Any, TYPE_CHECKING
 
 import numpy as np
 
-import models  # sets TF_USE_LEGACY_KERAS before TensorFlow is imported
+from accrete import models  # sets TF_USE_LEGACY_KERAS before TensorFlow is imported
 
 if TYPE_CHECKING:  # the annotations name TensorFlow's types; at run time it is imported quietly
     import tensorflow as tf
 else:
     tf = models.quiet_tensorflow()
 import tensorflow_recommenders as tfrs
-from models.embedding import FrozenTailBias, FrozenTailEmbedding, bias_trainable_from
+from accrete.models.embedding import FrozenTailBias, FrozenTailEmbedding, bias_trainable_from
 
 OBJECTIVES = models.SGD_OBJECTIVES
 OPTIMIZERS = ("adagrad", "adam", "sgd")

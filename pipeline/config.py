@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from models import BIAS_POLICIES, INIT_STRATEGIES, SGD_OBJECTIVES
-from pipeline.errors import ConfigError
+from accrete.models import BIAS_POLICIES, INIT_STRATEGIES, SGD_OBJECTIVES
+from accrete.pipeline.errors import ConfigError
 
 OBJECTIVES = ("ials", "auto", *SGD_OBJECTIVES)
 USER_POLICIES = ("refold_active", "frozen")

@@ -31,8 +31,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.config import FREQUENCIES
-from pipeline.errors import DataContractError
+from accrete.pipeline.config import FREQUENCIES
+from accrete.pipeline.errors import DataContractError
 
 PERIOD_FREQS = FREQUENCIES  # listed once, in the configuration, which the CLI reads without loading pyarrow
 ENTITIES = ("interactions", "users", "items")

@@ -28,8 +28,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pv
 import pyarrow.parquet as pq
 
-from pipeline.contract import METADATA_FILE, PERIOD_FREQS
-from pipeline.errors import DataContractError
+from accrete.pipeline.contract import METADATA_FILE, PERIOD_FREQS
+from accrete.pipeline.errors import DataContractError
 
 TIME_UNITS = ("s", "ms", "us", "ns", "iso")
 _PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}

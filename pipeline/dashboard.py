@@ -26,12 +26,12 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
-from pipeline.atomic import write_text_atomically
-from pipeline.decision import THRESHOLD_DIRECTIONS, read_drift_history
-from pipeline.drift import METRIC_KEYS
-from pipeline.errors import StoreError
-from pipeline.manifest import Manifest
-from pipeline.store import DRIFT, Store
+from accrete.pipeline.atomic import write_text_atomically
+from accrete.pipeline.decision import THRESHOLD_DIRECTIONS, read_drift_history
+from accrete.pipeline.drift import METRIC_KEYS
+from accrete.pipeline.errors import StoreError
+from accrete.pipeline.manifest import Manifest
+from accrete.pipeline.store import DRIFT, Store
 
 #: Panels of the page, in order; each is ``<section id="panel-<name>" data-panel="<name>">``.
 PANELS: tuple[str, ...] = ("header", "drift", "quality", "growth", "exposure", "embeddings", "decisions")

@@ -21,10 +21,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.atomic import fsync_file
-from pipeline.config import DriftConfig
-from pipeline.drift import METRIC_KEYS
-from pipeline.errors import StoreError
+from accrete.pipeline.atomic import fsync_file
+from accrete.pipeline.config import DriftConfig
+from accrete.pipeline.drift import METRIC_KEYS
+from accrete.pipeline.errors import StoreError
 
 #: Metrics that can trigger a retrain, and on which side of their threshold a breach lies:
 #: "above" breaches when value > threshold, "below" when value < threshold.

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial.distance import jensenshannon
 
-from pipeline.config import DriftConfig
-from pipeline.errors import DataContractError
+from accrete.pipeline.config import DriftConfig
+from accrete.pipeline.errors import DataContractError
 
 #: Keys of `compute_drift_metrics`' result, in dashboard order. Stable: persisted in the drift history.
 METRIC_KEYS: tuple[str, ...] = (

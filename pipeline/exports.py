@@ -29,11 +29,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.atomic import write_parquet_atomically
-from pipeline.errors import StoreError
-from pipeline.manifest import Manifest
-from pipeline.store import ModelState, Store
-from pipeline.vocabulary import Vocabulary
+from accrete.pipeline.atomic import write_parquet_atomically
+from accrete.pipeline.errors import StoreError
+from accrete.pipeline.manifest import Manifest
+from accrete.pipeline.store import ModelState, Store
+from accrete.pipeline.vocabulary import Vocabulary
 
 
 def _entity_table(entity: str, ids: pa.Array, rows: np.ndarray, vectors: np.ndarray, bias: np.ndarray,

@@ -31,14 +31,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse as sp
 
-from pipeline import contract, decision as decision_mod, drift as drift_mod, evaluation, recency as recency_mod, tuning
-from pipeline.config import AccreteConfig
-from pipeline.errors import PartitionOrderError, StoreError
-from pipeline.faults import maybe_fail
-from pipeline.manifest import Manifest
-from pipeline.reservoir import ReplayReservoir
-from pipeline.store import ModelState, Store, _json_default, sha256_of_array
-from pipeline.vocabulary import Vocabulary
+from accrete.pipeline import contract, decision as decision_mod, drift as drift_mod, evaluation, recency as recency_mod, tuning
+from accrete.pipeline.config import AccreteConfig
+from accrete.pipeline.errors import PartitionOrderError, StoreError
+from accrete.pipeline.faults import maybe_fail
+from accrete.pipeline.manifest import Manifest
+from accrete.pipeline.reservoir import ReplayReservoir
+from accrete.pipeline.store import ModelState, Store, _json_default, sha256_of_array
+from accrete.pipeline.vocabulary import Vocabulary
 
 Progress = Callable[[str], None]
 
@@ -139,7 +139,7 @@ def _cold_strategy(strategy: str, has_tokens: bool) -> str:
 
 def _init_new_rows(strategy: str, table: np.ndarray, n_old: int, n_new: int, seed: int,
                    incidence: sp.csr_matrix | None = None, fold_in: dict | None = None) -> np.ndarray:
-    from models.initializers import initialize_rows
+    from accrete.models.initializers import initialize_rows
 
     if n_new == 0:
         return np.zeros((0, table.shape[1]), np.float32)
@@ -204,7 +204,7 @@ def _train(config: AccreteConfig, state: ModelState, objective: str, *, user_tra
            users: np.ndarray, items: np.ndarray, ratings: np.ndarray, epochs: int, seed: int,
            global_bias: float) -> dict[str, Any]:
     """Train the model on columnar arrays; replaces the state's tables with the trained ones."""
-    from models.mf import MatrixFactorization, train
+    from accrete.models.mf import MatrixFactorization, train
 
     model_config = config.model
     model = MatrixFactorization(
@@ -390,7 +390,7 @@ def _recency_add(log_counts: np.ndarray, items: np.ndarray, times: np.ndarray, s
 def _ials_fold(config: AccreteConfig, state: ModelState, *, users: np.ndarray, items: np.ndarray,
                history_users: np.ndarray, history_items: np.ndarray, n_old_users: int, n_old_items: int) -> dict[str, Any]:
     """The nightly iALS step (`models.ials.fold`) on the state's tables: existing item rows are never written."""
-    from models import ials
+    from accrete.models import ials
 
     clock = time.perf_counter()
     facts = ials.fold(state.user_vectors, state.item_vectors, users=users, items=items, history_users=history_users,
@@ -931,7 +931,7 @@ def _full_retrain(config: AccreteConfig, data_dir: Path, store: Store, as_of: dt
     progress(f"full retrain ({objective}) on {len(users):,} interactions, {n_users - 1:,} users, {n_items - 1:,} items")
     recency = None
     if objective == "ials":
-        from models import ials
+        from accrete.models import ials
 
         started = time.perf_counter()
         state.user_vectors, state.item_vectors = ials.fit(

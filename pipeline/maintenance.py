@@ -22,12 +22,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.atomic import fsync_dir
-from pipeline.decision import read_drift_record
-from pipeline.errors import StoreError
-from pipeline.faults import maybe_fail
-from pipeline.manifest import Manifest
-from pipeline.store import (CURRENT, DRIFT, HISTORY, MANIFEST, TRASH_PREFIX, VERSIONS, Store, _file_sha256,
+from accrete.pipeline.atomic import fsync_dir
+from accrete.pipeline.decision import read_drift_record
+from accrete.pipeline.errors import StoreError
+from accrete.pipeline.faults import maybe_fail
+from accrete.pipeline.manifest import Manifest
+from accrete.pipeline.store import (CURRENT, DRIFT, HISTORY, MANIFEST, TRASH_PREFIX, VERSIONS, Store, _file_sha256,
                             sha256_of_array, version_name)
 
 

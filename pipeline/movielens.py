@@ -27,9 +27,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pv
 import pyarrow.parquet as pq
 
-from pipeline.contract import NO_GENRES, PERIOD_FREQS
-from pipeline.converters import first_unparsable, prepare_output, write_metadata, write_partitions
-from pipeline.errors import DataContractError
+from accrete.pipeline.contract import NO_GENRES, PERIOD_FREQS
+from accrete.pipeline.converters import first_unparsable, prepare_output, write_metadata, write_partitions
+from accrete.pipeline.errors import DataContractError
 
 # ml-100k's genre order (u.genre), used when the folder has no u.genre file.
 ML100K_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",

@@ -9,10 +9,10 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
-from pipeline import contract
-from pipeline.decision import fired_reasons
-from pipeline.manifest import reasons_list
-from pipeline.store import Store
+from accrete.pipeline import contract
+from accrete.pipeline.decision import fired_reasons
+from accrete.pipeline.manifest import reasons_list
+from accrete.pipeline.store import Store
 
 
 def retrain_reason(reasons: str | list[str] | None) -> str:

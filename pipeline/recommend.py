@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import evaluation
-from pipeline.errors import AccreteError
-from pipeline.store import ModelState, Store
+from accrete.pipeline import evaluation
+from accrete.pipeline.errors import AccreteError
+from accrete.pipeline.store import ModelState, Store
 
 
 class UnknownIdError(AccreteError):

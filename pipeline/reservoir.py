@@ -15,9 +15,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.atomic import write_parquet_atomically
-from pipeline.contract import INTERACTIONS_SCHEMA
-from pipeline.errors import DataContractError, StoreError
+from accrete.pipeline.atomic import write_parquet_atomically
+from accrete.pipeline.contract import INTERACTIONS_SCHEMA
+from accrete.pipeline.errors import DataContractError, StoreError
 
 # The interaction columns the reservoir holds (the clean-partition contract); other columns are dropped.
 RESERVOIR_SCHEMA = INTERACTIONS_SCHEMA

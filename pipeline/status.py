@@ -4,8 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline.evaluation import HEADLINE_METRICS
-from pipeline.store import Store
+from accrete.pipeline.evaluation import HEADLINE_METRICS
+from accrete.pipeline.store import Store
 
 
 def store_status(store_dir: str | Path) -> dict[str, Any]:

@@ -33,13 +33,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.atomic import fsync_dir, fsync_file, write_parquet_atomically, write_text_atomically
-from pipeline.contract import HISTORY_SCHEMA
-from pipeline.errors import StoreError
-from pipeline.faults import maybe_fail
-from pipeline.manifest import SCHEMA_VERSION, Manifest
-from pipeline.reservoir import ReplayReservoir
-from pipeline.vocabulary import Vocabulary
+from accrete.pipeline.atomic import fsync_dir, fsync_file, write_parquet_atomically, write_text_atomically
+from accrete.pipeline.contract import HISTORY_SCHEMA
+from accrete.pipeline.errors import StoreError
+from accrete.pipeline.faults import maybe_fail
+from accrete.pipeline.manifest import SCHEMA_VERSION, Manifest
+from accrete.pipeline.reservoir import ReplayReservoir
+from accrete.pipeline.vocabulary import Vocabulary
 
 CURRENT = "CURRENT"
 LOCK = "LOCK"

@@ -31,8 +31,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.contract import METADATA_FILE
-from pipeline.errors import DataContractError
+from accrete.pipeline.contract import METADATA_FILE
+from accrete.pipeline.errors import DataContractError
 
 GENERATOR = "accrete.synthetic"
 # Scale of the affinity term relative to log-popularity. At 3 (and the default sizes) ranking by the true scores

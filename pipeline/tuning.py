@@ -22,7 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
-from pipeline import evaluation, recency
+from accrete.pipeline import evaluation, recency
 
 
 #: The replay's fit needs to rank candidates, not to be final: 8 sweeps give the same Recall@10 as 15 on the
@@ -83,7 +83,7 @@ def choose_recency(users: np.ndarray, items: np.ndarray, times: np.ndarray, *, p
     """
     from threadpoolctl import threadpool_limits
 
-    from models import ials
+    from accrete.models import ials
 
     users, items, times = (np.asarray(a) for a in (users, items, times))
     period_of = np.searchsorted(period_starts, times, side="right") - 1

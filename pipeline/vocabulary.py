@@ -23,8 +23,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.atomic import write_parquet_atomically
-from pipeline.errors import VocabularyError
+from accrete.pipeline.atomic import write_parquet_atomically
+from accrete.pipeline.errors import VocabularyError
 
 ENTITIES = ("user", "item")
 _ENTITY_METADATA_KEY = b"accrete.entity"

@@ -5,8 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline.synthetic import generate_world
-from pipeline.store import Store
+from accrete.pipeline.synthetic import generate_world
+from accrete.pipeline.store import Store
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

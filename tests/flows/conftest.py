@@ -66,7 +66,7 @@ def config_path(tmp_path_factory) -> str:
 
 
 def _generate(out: Path, **kwargs) -> Path:
-    from pipeline.synthetic import generate_world
+    from accrete.pipeline.synthetic import generate_world
 
     generate_world(out, **{**WORLD_SIZE, **kwargs})
     return out
@@ -88,7 +88,7 @@ def shift_world(tmp_path_factory) -> Path:
 def broken_world(world, tmp_path) -> tuple[Path, datetime.date]:
     """A copy of `world` whose fourth partition holds an interactions file that is not Parquet (a user's
     mistake: `DataContractError`), and that partition's date."""
-    from pipeline.contract import list_partitions
+    from accrete.pipeline.contract import list_partitions
 
     data = tmp_path / "broken-data"
     shutil.copytree(world, data)
@@ -102,9 +102,9 @@ def broken_world(world, tmp_path) -> tuple[Path, datetime.date]:
 def make_store(tmp_path, config_path):
     """Makes a fresh store for a data directory: its first version is a full retrain as of the first
     partition (a plain pipeline call, no Prefect), so a test starts from a bootstrapped store."""
-    from pipeline.config import AccreteConfig
-    from pipeline.contract import list_partitions
-    from pipeline.incremental import run_full_retrain
+    from accrete.pipeline.config import AccreteConfig
+    from accrete.pipeline.contract import list_partitions
+    from accrete.pipeline.incremental import run_full_retrain
 
     def make(data: Path, name: str = "store") -> Path:
         store = tmp_path / name
@@ -125,10 +125,10 @@ def cli_env() -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def run_cli(cli_env):
-    """Runs `python -m flows.cli ARGS...` in a subprocess; returns the CompletedProcess (text)."""
+    """Runs `python -m accrete.flows.cli ARGS...` in a subprocess; returns the CompletedProcess (text)."""
 
     def run(*args: str, timeout: float = 240, **extra_env: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "flows.cli", *map(str, args)], capture_output=True, text=True,
+        return subprocess.run([sys.executable, "-m", "accrete.flows.cli", *map(str, args)], capture_output=True, text=True,
                               timeout=timeout, env={**cli_env, **extra_env}, cwd=REPO_ROOT)
 
     return run

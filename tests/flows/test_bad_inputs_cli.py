@@ -12,9 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.config import AccreteConfig
-from pipeline.contract import list_partitions
-from pipeline.incremental import run_full_retrain
+from accrete.pipeline.config import AccreteConfig
+from accrete.pipeline.contract import list_partitions
+from accrete.pipeline.incremental import run_full_retrain
 
 pytestmark = pytest.mark.slow
 

@@ -10,10 +10,10 @@ import sys
 import pyarrow.compute as pc
 import pytest
 
-from flows.cli import build_parser
-from pipeline.contract import list_partitions
-from pipeline.exports import read_export
-from pipeline.store import Store
+from accrete.flows.cli import build_parser
+from accrete.pipeline.contract import list_partitions
+from accrete.pipeline.exports import read_export
+from accrete.pipeline.store import Store
 
 
 def _commands() -> list[str]:
@@ -71,12 +71,12 @@ def test_every_command_prints_its_help(command, capsys):
 
 
 def test_help_runs_as_a_subprocess_without_loading_tensorflow_or_prefect(cli_env):
-    proc = subprocess.run([sys.executable, "-m", "flows.cli", "--help"], capture_output=True, text=True, env=cli_env,
+    proc = subprocess.run([sys.executable, "-m", "accrete.flows.cli", "--help"], capture_output=True, text=True, env=cli_env,
                           timeout=60)
     assert proc.returncode == 0 and all(command in proc.stdout for command in _commands())
     probe = subprocess.run(
-        [sys.executable, "-c", "import sys, flows.cli\n"
-                               "try:\n    flows.cli.main(['status', '--help'])\nexcept SystemExit:\n    pass\n"
+        [sys.executable, "-c", "import sys, accrete.flows.cli\n"
+                               "try:\n    accrete.flows.cli.main(['status', '--help'])\nexcept SystemExit:\n    pass\n"
                                "print(sorted(m for m in ('tensorflow', 'prefect') if m in sys.modules))"],
         capture_output=True, text=True, env=cli_env, timeout=60)
     assert probe.stdout.strip().splitlines()[-1] == "[]"

@@ -5,15 +5,15 @@ import json
 
 import pytest
 
-from flows.flows import (BACKFILL_SUMMARY_KEY, DASHBOARD_KEY, DRIFT_METRICS_KEY, EPHEMERAL_STARTUP_SECONDS,
+from accrete.flows.flows import (BACKFILL_SUMMARY_KEY, DASHBOARD_KEY, DRIFT_METRICS_KEY, EPHEMERAL_STARTUP_SECONDS,
                          NIGHTLY_SUMMARY_KEY, backfill, ephemeral_startup_seconds, full_retrain, nightly)
-from pipeline.config import AccreteConfig
-from pipeline.contract import list_partitions
-from pipeline.decision import fired_reasons
-from pipeline.errors import DataContractError, PartitionOrderError, StoreError
-from pipeline.faults import ENV_VAR, InjectedFault
-from pipeline.incremental import run_incremental_step
-from pipeline.store import Store
+from accrete.pipeline.config import AccreteConfig
+from accrete.pipeline.contract import list_partitions
+from accrete.pipeline.decision import fired_reasons
+from accrete.pipeline.errors import DataContractError, PartitionOrderError, StoreError
+from accrete.pipeline.faults import ENV_VAR, InjectedFault
+from accrete.pipeline.incremental import run_incremental_step
+from accrete.pipeline.store import Store
 
 # Every test runs a flow on a temporary Prefect API (about twenty seconds to start): the quick target skips them.
 pytestmark = [pytest.mark.usefixtures("prefect_api"), pytest.mark.slow]

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import AccreteConfig
-from pipeline.contract import list_partitions
-from pipeline.incremental import run_full_retrain
-from pipeline.store import Store
+from accrete.pipeline.config import AccreteConfig
+from accrete.pipeline.contract import list_partitions
+from accrete.pipeline.incremental import run_full_retrain
+from accrete.pipeline.store import Store
 
 from tests.flows.conftest import REPO_ROOT
 

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from pipeline.config import AccreteConfig
-from pipeline.contract import list_partitions
-from pipeline.incremental import run_incremental_step
+from accrete.pipeline.config import AccreteConfig
+from accrete.pipeline.contract import list_partitions
+from accrete.pipeline.incremental import run_incremental_step
 
 
 @pytest.fixture

@@ -18,8 +18,8 @@ import httpx
 import pytest
 import sqlalchemy
 
-from pipeline.contract import list_partitions
-from pipeline.store import Store
+from accrete.pipeline.contract import list_partitions
+from accrete.pipeline.store import Store
 
 pytestmark = pytest.mark.slow
 
@@ -93,7 +93,7 @@ def test_a_served_backfill_deployment_runs_through_a_real_prefect_server(prefect
     dates = list_partitions(world)
     store = make_store(world)
     serve_log = tmp_path / "serve.log"
-    serve_args = [sys.executable, "-m", "flows.cli", "serve", "--data", str(world), "--store", str(store),
+    serve_args = [sys.executable, "-m", "accrete.flows.cli", "serve", "--data", str(world), "--store", str(store),
                   "--config", config_path, "--cron", "0 2 * * *", "--timezone", "Europe/Paris"]
     with _process(serve_args, env, serve_log) as served, temporary_settings(updates={PREFECT_API_URL: api}):
 
@@ -130,7 +130,7 @@ def test_the_nightly_schedule_makes_the_server_schedule_runs(prefect_server, wor
     from prefect.client.schemas.sorting import FlowRunSort
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.deployments import build_deployments
+    from accrete.flows.deployments import build_deployments
 
     api, _ = prefect_server
     with temporary_settings(updates={PREFECT_API_URL: api}):
@@ -171,8 +171,8 @@ def test_prefect_listing_commands_and_the_cancellation_poll_answer_with_accrete_
     from prefect.client.schemas.objects import StateType
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.deployments import build_deployments
-    from flows.flows import NIGHTLY_SUMMARY_KEY
+    from accrete.flows.deployments import build_deployments
+    from accrete.flows.flows import NIGHTLY_SUMMARY_KEY
 
     api, env = prefect_server
     store = make_store(world, name="listed-store")

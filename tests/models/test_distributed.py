@@ -20,12 +20,12 @@ pytestmark = pytest.mark.slow
 SCRIPT = textwrap.dedent("""
     import json, sys
     import numpy as np
-    import models  # sets TF_USE_LEGACY_KERAS first
+    from accrete import models  # sets TF_USE_LEGACY_KERAS first
     import tensorflow as tf
 
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from models.mf import build_model, train
+    from accrete.models.mf import build_model, train
 
     out = sys.argv[1]
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])

@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import models  # noqa: F401
+from accrete import models  # noqa: F401
 import tensorflow as tf
-from models.embedding import FrozenTailBias, FrozenTailEmbedding, bias_trainable_from
+from accrete.models.embedding import FrozenTailBias, FrozenTailEmbedding, bias_trainable_from
 
 N, D, T = 40, 6, 30  # rows, dim, trainable_from
 

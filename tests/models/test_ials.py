@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models import ials
+from accrete.models import ials
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from models import initializers
-from models.initializers import (init_fold_in, init_mean, init_metadata, init_normal, init_uniform,
+from accrete.models import initializers
+from accrete.models.initializers import (init_fold_in, init_mean, init_metadata, init_normal, init_uniform,
                                  initialize_rows)
 
 

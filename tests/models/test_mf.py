@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from scipy.special import logsumexp
 
-import models  # noqa: F401
+from accrete import models  # noqa: F401
 import tensorflow as tf
-from models.mf import MatrixFactorization, build_model, make_optimizer, train
-from pipeline.evaluation import dot_scorer, popularity_scorer, seen_matrix, top_k_excluding_seen
+from accrete.models.mf import MatrixFactorization, build_model, make_optimizer, train
+from accrete.pipeline.evaluation import dot_scorer, popularity_scorer, seen_matrix, top_k_excluding_seen
 
 D = 4
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import contract
-from pipeline.config import AccreteConfig
-from pipeline.incremental import run_full_retrain, run_incremental_step
-from pipeline.synthetic import generate_world
+from accrete.pipeline import contract
+from accrete.pipeline.config import AccreteConfig
+from accrete.pipeline.incremental import run_full_retrain, run_incremental_step
+from accrete.pipeline.synthetic import generate_world
 
 IALS_SMALL = AccreteConfig().replace(model={"dim": 8})
 

@@ -23,14 +23,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from flows.cli import _one_line
-from pipeline.config import AccreteConfig
-from pipeline.contract import list_partitions, period_end, read_partition
-from pipeline.errors import AccreteError, DataContractError
-from pipeline.incremental import run_full_retrain, run_incremental_step
-from pipeline.recommend import recommend
-from pipeline.store import Store
-from pipeline.synthetic import generate_world
+from accrete.flows.cli import _one_line
+from accrete.pipeline.config import AccreteConfig
+from accrete.pipeline.contract import list_partitions, period_end, read_partition
+from accrete.pipeline.errors import AccreteError, DataContractError
+from accrete.pipeline.incremental import run_full_retrain, run_incremental_step
+from accrete.pipeline.recommend import recommend
+from accrete.pipeline.store import Store
+from accrete.pipeline.synthetic import generate_world
 
 def fast_config(tmp: Path) -> AccreteConfig:
     path = tmp / "accrete.toml"

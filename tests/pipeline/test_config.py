@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.config import AccreteConfig
-from pipeline.errors import ConfigError
+from accrete.pipeline.config import AccreteConfig
+from accrete.pipeline.errors import ConfigError
 
 
 def test_no_file_means_the_defaults():

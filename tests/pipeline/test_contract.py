@@ -7,11 +7,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import contract
-from pipeline.contract import (
+from accrete.pipeline import contract
+from accrete.pipeline.contract import (
     QUARANTINE_SCHEMA, data_frequency, item_attribute_tokens, list_partitions, period_end, read_partition,
 )
-from pipeline.errors import DataContractError
+from accrete.pipeline.errors import DataContractError
 
 DAY = datetime.date(2024, 3, 1)
 T0 = int(datetime.datetime(2024, 3, 1, tzinfo=datetime.timezone.utc).timestamp())

@@ -11,10 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.contract import list_partitions, read_partition
-from pipeline.converters import convert_generic, first_unparsable
-from pipeline.errors import DataContractError
-from pipeline.movielens import convert_movielens
+from accrete.pipeline.contract import list_partitions, read_partition
+from accrete.pipeline.converters import convert_generic, first_unparsable
+from accrete.pipeline.errors import DataContractError
+from accrete.pipeline.movielens import convert_movielens
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DAY = 86_400
@@ -301,7 +301,7 @@ def test_a_duplicate_id_in_an_attributes_file_is_named(tmp_path):
 
 
 def accrete(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flows.cli", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "accrete.flows.cli", *map(str, args)], capture_output=True, text=True,
                           cwd=REPO_ROOT, timeout=120)
 
 

@@ -17,15 +17,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import contract
-from pipeline.config import AccreteConfig
-from pipeline.dashboard import (PANELS, build_dashboard, collect_dashboard_data, dashboard_server, project_embeddings,
+from accrete.pipeline import contract
+from accrete.pipeline.config import AccreteConfig
+from accrete.pipeline.dashboard import (PANELS, build_dashboard, collect_dashboard_data, dashboard_server, project_embeddings,
                                 quality_figure)
-from pipeline.decision import read_drift_history
-from pipeline.errors import StoreError
-from pipeline.incremental import run_full_retrain, run_incremental_step
-from pipeline.store import Store
-from pipeline.synthetic import generate_world
+from accrete.pipeline.decision import read_drift_history
+from accrete.pipeline.errors import StoreError
+from accrete.pipeline.incremental import run_full_retrain, run_incremental_step
+from accrete.pipeline.store import Store
+from accrete.pipeline.synthetic import generate_world
 
 SMALL = AccreteConfig().replace(model={"dim": 8}, train={"epochs": 1, "retrain_epochs": 2, "batch_size": 256})
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

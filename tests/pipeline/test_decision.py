@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from pipeline.config import DriftConfig
-from pipeline.decision import (
+from accrete.pipeline.config import DriftConfig
+from accrete.pipeline.decision import (
     HISTORY_SCHEMA,
     THRESHOLD_DIRECTIONS,
     RetrainDecision,
@@ -17,8 +17,8 @@ from pipeline.decision import (
     drift_record,
     read_drift_history,
 )
-from pipeline.drift import METRIC_KEYS
-from pipeline.errors import StoreError
+from accrete.pipeline.drift import METRIC_KEYS
+from accrete.pipeline.errors import StoreError
 
 CONFIG = DriftConfig(psi_item_popularity=0.25, quality_ratio_min=0.7, patience=2, cooldown_days=7,
                      max_days_since_full_retrain=90)
@@ -239,7 +239,7 @@ def test_a_metric_named_like_a_decision_column_is_refused():
 
 
 def test_fired_reasons_leave_out_waiting_and_cooldown_notes():
-    from pipeline.decision import fired_reasons
+    from accrete.pipeline.decision import fired_reasons
 
     reasons = ["psi_item_popularity 0.41 > 0.25 for 2 consecutive steps (patience 2)",
                "waiting: quality_ratio 0.45 < 0.5 for 1 consecutive step (patience 2)",

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.config import DriftConfig
-from pipeline.drift import (
+from accrete.pipeline.config import DriftConfig
+from accrete.pipeline.drift import (
     DEFAULT_RATING_EDGES,
     METRIC_KEYS,
     DriftInputs,
@@ -27,7 +27,7 @@ from pipeline.drift import (
     share_new,
     staleness_share,
 )
-from pipeline.errors import DataContractError
+from accrete.pipeline.errors import DataContractError
 
 MOVIELENS = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "ml-latest-small"
 

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import contract
-from pipeline.config import AccreteConfig
-from pipeline.decision import fired_reasons, read_drift_history
-from pipeline.incremental import run_full_retrain, run_incremental_step
-from pipeline.synthetic import generate_world
+from accrete.pipeline import contract
+from accrete.pipeline.config import AccreteConfig
+from accrete.pipeline.decision import fired_reasons, read_drift_history
+from accrete.pipeline.incremental import run_full_retrain, run_incremental_step
+from accrete.pipeline.synthetic import generate_world
 
 pytestmark = pytest.mark.slow
 

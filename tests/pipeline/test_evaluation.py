@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.evaluation import (
+from accrete.pipeline.evaluation import (
     dot_scorer,
     evaluate_prequential,
     popularity_counts,

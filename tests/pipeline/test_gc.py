@@ -7,12 +7,12 @@ import multiprocessing
 import pyarrow.compute as pc
 import pytest
 
-from pipeline.errors import StoreError
-from pipeline.exports import export_delta, read_export
-from pipeline.faults import ENV_VAR, InjectedFault
-from pipeline.incremental import run_full_retrain, run_incremental_step
-from pipeline.maintenance import _tree_bytes, collect_garbage, format_gc, verify_store
-from pipeline.store import Store, version_name
+from accrete.pipeline.errors import StoreError
+from accrete.pipeline.exports import export_delta, read_export
+from accrete.pipeline.faults import ENV_VAR, InjectedFault
+from accrete.pipeline.incremental import run_full_retrain, run_incremental_step
+from accrete.pipeline.maintenance import _tree_bytes, collect_garbage, format_gc, verify_store
+from accrete.pipeline.store import Store, version_name
 
 from tests.pipeline.conftest import IALS_SMALL as SMALL
 

@@ -6,7 +6,7 @@ import datetime as dt
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.store import HISTORY, Store
+from accrete.pipeline.store import HISTORY, Store
 
 
 def _day(k: int, rows: int) -> pa.Table:

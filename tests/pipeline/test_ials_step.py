@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import contract, evaluation
-from pipeline.config import AccreteConfig
-from pipeline.exports import export_delta, read_export
-from pipeline.incremental import run_full_retrain, run_incremental_step
-from pipeline.recommend import recommend, scorer
-from pipeline.store import Store
-from pipeline.synthetic import generate_world
+from accrete.pipeline import contract, evaluation
+from accrete.pipeline.config import AccreteConfig
+from accrete.pipeline.exports import export_delta, read_export
+from accrete.pipeline.incremental import run_full_retrain, run_incremental_step
+from accrete.pipeline.recommend import recommend, scorer
+from accrete.pipeline.store import Store
+from accrete.pipeline.synthetic import generate_world
 
 # The weight is fixed (not chosen by the retrain, tests/pipeline/test_tuning.py): on this taste-driven world the
 # retrain would choose 0 and the term these tests follow would vanish.

@@ -12,14 +12,14 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 
-from pipeline import contract
-from pipeline.config import AccreteConfig
-from pipeline.errors import PartitionOrderError, StoreError
-from pipeline.exports import export_delta, export_version, read_export
-from pipeline.faults import ENV_VAR, InjectedFault
-from pipeline.incremental import run_full_retrain, run_incremental_step, sync_drift_history, trainable_boundary
-from pipeline.store import Store, sha256_of_array
-from pipeline.synthetic import generate_world
+from accrete.pipeline import contract
+from accrete.pipeline.config import AccreteConfig
+from accrete.pipeline.errors import PartitionOrderError, StoreError
+from accrete.pipeline.exports import export_delta, export_version, read_export
+from accrete.pipeline.faults import ENV_VAR, InjectedFault
+from accrete.pipeline.incremental import run_full_retrain, run_incremental_step, sync_drift_history, trainable_boundary
+from accrete.pipeline.store import Store, sha256_of_array
+from accrete.pipeline.synthetic import generate_world
 
 # The SGD path (TFRS, frozen-tail tables); the default iALS path is tested in test_ials_step.py.
 SMALL = AccreteConfig().replace(model={"dim": 8, "objective": "auto"},
@@ -269,7 +269,7 @@ def test_trainable_boundary_follows_the_warmup_policy(bootstrapped, dates):
 
 
 def test_recommend_ranks_unseen_items_and_similar_finds_neighbours(store):
-    from pipeline.recommend import UnknownIdError, recommend, similar
+    from accrete.pipeline.recommend import UnknownIdError, recommend, similar
 
     state = Store(store).load()
     history = Store(store).read_history(state.partitions)

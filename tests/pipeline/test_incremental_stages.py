@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import contract
-from pipeline.config import AccreteConfig
-from pipeline.incremental import (Step, _rating_scale, add_cold_rows, evaluate_before_training, extend_vocabularies,
+from accrete.pipeline import contract
+from accrete.pipeline.config import AccreteConfig
+from accrete.pipeline.incremental import (Step, _rating_scale, add_cold_rows, evaluate_before_training, extend_vocabularies,
                                   incremental_step, measure_drift, publish_step, read_generation_settings,
                                   run_incremental_step, sample_replay, train_new_rows, warm_start_new_rows)
-from pipeline.store import Store
+from accrete.pipeline.store import Store
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "main_store"
 

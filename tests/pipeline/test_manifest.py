@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import AccreteConfig
-from pipeline.errors import StoreError
-from pipeline.exports import export_version, read_export
-from pipeline.incremental import run_incremental_step
-from pipeline.maintenance import verify_store
-from pipeline.manifest import SCHEMA_VERSION, DriftState, Manifest, RowCounts
-from pipeline.policy import applied_partitions, owed_retrain, pending_partitions
-from pipeline.status import store_status
-from pipeline.store import MANIFEST, Store
+from accrete.pipeline.config import AccreteConfig
+from accrete.pipeline.errors import StoreError
+from accrete.pipeline.exports import export_version, read_export
+from accrete.pipeline.incremental import run_incremental_step
+from accrete.pipeline.maintenance import verify_store
+from accrete.pipeline.manifest import SCHEMA_VERSION, DriftState, Manifest, RowCounts
+from accrete.pipeline.policy import applied_partitions, owed_retrain, pending_partitions
+from accrete.pipeline.status import store_status
+from accrete.pipeline.store import MANIFEST, Store
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "main_store"
 

@@ -6,9 +6,9 @@ import pyarrow as pa
 import pyarrow.csv as pv
 import pytest
 
-from pipeline.contract import data_frequency, list_partitions, read_partition
-from pipeline.errors import DataContractError
-from pipeline.movielens import convert_movielens
+from accrete.pipeline.contract import data_frequency, list_partitions, read_partition
+from accrete.pipeline.errors import DataContractError
+from accrete.pipeline.movielens import convert_movielens
 
 
 def read_all(data_dir):

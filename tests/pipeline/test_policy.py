@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline import contract
-from pipeline.config import AccreteConfig
-from pipeline.errors import StoreError
-from pipeline.incremental import run_full_retrain, run_incremental_step
-from pipeline.policy import (applied_partitions, nothing_to_do, owed_retrain, pending_partitions, reasons_list,
+from accrete.pipeline import contract
+from accrete.pipeline.config import AccreteConfig
+from accrete.pipeline.errors import StoreError
+from accrete.pipeline.incremental import run_full_retrain, run_incremental_step
+from accrete.pipeline.policy import (applied_partitions, nothing_to_do, owed_retrain, pending_partitions, reasons_list,
                              retrain_reason)
-from pipeline.store import Store
-from pipeline.synthetic import generate_world
+from accrete.pipeline.store import Store
+from accrete.pipeline.synthetic import generate_world
 
 DUE_NEXT_STEP = AccreteConfig().replace(model={"dim": 8}, drift={"max_days_since_full_retrain": 1})
 

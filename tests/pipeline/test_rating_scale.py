@@ -10,11 +10,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import contract
-from pipeline.config import AccreteConfig
-from pipeline.incremental import run_full_retrain, run_incremental_step
-from pipeline.store import Store
-from pipeline.synthetic import generate_world
+from accrete.pipeline import contract
+from accrete.pipeline.config import AccreteConfig
+from accrete.pipeline.incremental import run_full_retrain, run_incremental_step
+from accrete.pipeline.store import Store
+from accrete.pipeline.synthetic import generate_world
 
 CONFIG = AccreteConfig().replace(model={"dim": 8})
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline import recency
+from accrete.pipeline import recency
 
 DAY = 86_400.0
 
@@ -50,7 +50,7 @@ def test_a_non_positive_half_life_is_refused():
 
 
 def test_the_learned_prior_is_the_decayed_mean_first_period_count_of_arrivals():
-    from pipeline.recency import cohort_sums, learned_prior
+    from accrete.pipeline.recency import cohort_sums, learned_prior
 
     day = 86_400.0
     old = cohort_sums(np.array([0.0, 0.0]), np.array([10, 30]), anchor_s=0.0, half_life_days=1.0)

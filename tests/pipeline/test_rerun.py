@@ -1,8 +1,8 @@
 """Reruns after a crash or kill complete the work without redoing what was published."""
 from __future__ import annotations
 
-from pipeline.incremental import run_full_retrain
-from pipeline.store import Store
+from accrete.pipeline.incremental import run_full_retrain
+from accrete.pipeline.store import Store
 
 from tests.pipeline.conftest import IALS_SMALL
 

@@ -5,8 +5,8 @@ import pyarrow.parquet as pq
 import pytest
 from scipy import stats
 
-from pipeline.errors import DataContractError, StoreError
-from pipeline.reservoir import RESERVOIR_SCHEMA, ReplayReservoir
+from accrete.pipeline.errors import DataContractError, StoreError
+from accrete.pipeline.reservoir import RESERVOIR_SCHEMA, ReplayReservoir
 
 
 def interactions(start: int, stop: int) -> pa.Table:

@@ -10,12 +10,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import contract
-from pipeline.config import AccreteConfig
-from pipeline.incremental import run_full_retrain, run_incremental_step
-from pipeline.status import format_status, store_status
-from pipeline.store import MANIFEST, Store
-from pipeline.synthetic import generate_world
+from accrete.pipeline import contract
+from accrete.pipeline.config import AccreteConfig
+from accrete.pipeline.incremental import run_full_retrain, run_incremental_step
+from accrete.pipeline.status import format_status, store_status
+from accrete.pipeline.store import MANIFEST, Store
+from accrete.pipeline.synthetic import generate_world
 
 # An age cap of one day: the first incremental step already asks for a full retrain, for a known reason.
 TINY = AccreteConfig().replace(model={"dim": 8}, train={"epochs": 1, "retrain_epochs": 1, "batch_size": 256},

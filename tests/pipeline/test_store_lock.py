@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import store as store_module
-from pipeline.errors import StoreError
-from pipeline.store import LOCK, UNREADABLE_LOCK_GRACE_SECONDS, Store
+from accrete.pipeline import store as store_module
+from accrete.pipeline.errors import StoreError
+from accrete.pipeline.store import LOCK, UNREADABLE_LOCK_GRACE_SECONDS, Store
 
 HOLDS_PER_WORKER = 30
 STALE_LOCK_ROUNDS = 25

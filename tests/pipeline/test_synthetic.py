@@ -8,9 +8,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.contract import data_frequency, list_partitions, read_partition
-from pipeline.errors import DataContractError
-from pipeline.synthetic import generate_world
+from accrete.pipeline.contract import data_frequency, list_partitions, read_partition
+from accrete.pipeline.errors import DataContractError
+from accrete.pipeline.synthetic import generate_world
 
 SMALL = dict(initial_users=300, initial_items=200, new_users_per_day=10, new_items_per_day=5,
              interactions_per_day=3000, initial_interactions=6000, dim=4, categories=5)

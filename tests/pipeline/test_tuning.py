@@ -4,12 +4,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline import contract
-from pipeline.config import AccreteConfig
-from pipeline.incremental import run_full_retrain, run_incremental_step
-from pipeline.store import Store
-from pipeline.synthetic import generate_world
-from pipeline.tuning import choose_recency, holdout_periods
+from accrete.pipeline import contract
+from accrete.pipeline.config import AccreteConfig
+from accrete.pipeline.incremental import run_full_retrain, run_incremental_step
+from accrete.pipeline.store import Store
+from accrete.pipeline.synthetic import generate_world
+from accrete.pipeline.tuning import choose_recency, holdout_periods
 
 DAY = 86_400.0
 CANDIDATES = (0.0, 0.5, 1.0, 2.0, 5.0)
@@ -120,7 +120,7 @@ def test_a_retrain_on_one_backlog_partition_tunes_on_the_quarters_of_its_time_sp
 
 
 def test_a_period_with_many_users_is_scored_on_a_random_subset_of_whole_users():
-    from pipeline.tuning import _sample_users
+    from accrete.pipeline.tuning import _sample_users
 
     users = np.repeat(np.arange(1, 101), 3)
     keep = _sample_users(users, 10, np.random.default_rng(0))

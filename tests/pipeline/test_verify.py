@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.errors import StoreError
-from pipeline.maintenance import verify_store
-from pipeline.store import Store, _file_sha256, _save_npy
+from accrete.pipeline.errors import StoreError
+from accrete.pipeline.maintenance import verify_store
+from accrete.pipeline.store import Store, _file_sha256, _save_npy
 
 
 @pytest.fixture
@@ -111,7 +111,7 @@ def test_crash_leftovers_are_not_damage(store):
 
 
 def test_a_run_refuses_to_build_on_a_damaged_current_version(store, gen_world):
-    from pipeline.incremental import run_incremental_step
+    from accrete.pipeline.incremental import run_incremental_step
 
     from tests.pipeline.conftest import IALS_SMALL
 

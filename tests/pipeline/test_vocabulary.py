@@ -8,8 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.errors import VocabularyError
-from pipeline.vocabulary import Vocabulary, carry_rows
+from accrete.pipeline.errors import VocabularyError
+from accrete.pipeline.vocabulary import Vocabulary, carry_rows
 
 D0 = datetime.date(2024, 1, 1)
 ids_strategy = st.lists(st.text(alphabet="abcdefgh", min_size=0, max_size=4) | st.none(), max_size=30)
