@@ -451,6 +451,8 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as exc:
         flows_module = sys.modules.get("accrete.flows.flows")  # loaded (with Prefect) only by the commands that need it
         if flows_module is None or not isinstance(exc, flows_module.PrefectAPIUnavailable):
+            if _signal_behind(exc):
+                return _interrupted(args.command, args, str(_signal_behind(exc)))
             raise
         print(f"accrete {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 1
@@ -459,11 +461,31 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return _interrupted(args.command, args, "SIGINT")
     except BaseException as exc:
-        prefect_exceptions = sys.modules.get("prefect.exceptions")  # SIGTERM while a flow runs
-        if prefect_exceptions is None or not isinstance(exc, prefect_exceptions.TerminationSignal):
+        signal_name = _signal_behind(exc)
+        if signal_name is None:
             raise
-        return _interrupted(args.command, args, "SIGTERM")
+        return _interrupted(args.command, args, signal_name)
     return 0
+
+
+def _signal_behind(exc: BaseException) -> str | None:
+    """The signal that stopped the run, if `exc` is one or was raised while one was being handled: while a flow
+    runs, Prefect's SIGTERM handler raises its `TerminationSignal`, and a signal that lands while Prefect is
+    still creating a task run makes its crash handling raise another error on top (seen: `ValueError: Task run
+    is not set`)."""
+    prefect_exceptions = sys.modules.get("prefect.exceptions")
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, Terminated):
+            return "SIGTERM"
+        if isinstance(current, KeyboardInterrupt):
+            return "SIGINT"
+        if prefect_exceptions is not None and isinstance(current, prefect_exceptions.TerminationSignal):
+            return "SIGTERM"
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _in_main_thread() -> bool:

@@ -269,3 +269,26 @@ def test_status_json_is_strict_json_with_null_for_unmeasured_metrics(run_cli, cl
     result = run_cli("status", "--store", str(cli_store), "--json")
     status = json.loads(result.stdout, parse_constant=refuse)
     assert status["current"] == status["versions"][-1]["version"]
+
+
+def test_an_error_raised_while_a_signal_is_handled_still_counts_as_that_signal():
+    """A SIGTERM that lands while Prefect creates a task run makes its crash handling raise
+    `ValueError: Task run is not set` on top of its `TerminationSignal` (seen in CI): still a clean stop."""
+    import prefect.exceptions
+
+    from accrete.flows.cli import Terminated, _signal_behind
+
+    def raised(first: BaseException, then: Exception) -> Exception:
+        try:
+            try:
+                raise first
+            except BaseException:
+                raise then
+        except Exception as exc:
+            return exc
+
+    assert _signal_behind(raised(prefect.exceptions.TerminationSignal(signal=15), ValueError("Task run is not set"))) \
+        == "SIGTERM"
+    assert _signal_behind(raised(Terminated(), RuntimeError("x"))) == "SIGTERM"
+    assert _signal_behind(raised(KeyboardInterrupt(), ValueError("y"))) == "SIGINT"
+    assert _signal_behind(ValueError("an ordinary bug")) is None
