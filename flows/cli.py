@@ -451,16 +451,13 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as exc:
         flows_module = sys.modules.get("accrete.flows.flows")  # loaded (with Prefect) only by the commands that need it
         if flows_module is None or not isinstance(exc, flows_module.PrefectAPIUnavailable):
-            if _signal_behind(exc):
-                return _interrupted(args.command, args, str(_signal_behind(exc)))
-            raise
+            signal_name = _signal_behind(exc)
+            if signal_name is None:
+                raise
+            return _interrupted(args.command, args, signal_name)
         print(f"accrete {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 1
-    except Terminated:
-        return _interrupted(args.command, args, "SIGTERM")
-    except KeyboardInterrupt:
-        return _interrupted(args.command, args, "SIGINT")
-    except BaseException as exc:
+    except BaseException as exc:  # Terminated, Ctrl-C, Prefect's TerminationSignal, or an error raised over one
         signal_name = _signal_behind(exc)
         if signal_name is None:
             raise

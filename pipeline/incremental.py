@@ -246,8 +246,8 @@ def _rating_edges(config: AccreteConfig, ratings: np.ndarray) -> np.ndarray:
 
 
 def _stored_rating_edges(config: AccreteConfig, reference: dict[str, np.ndarray]) -> np.ndarray | None:
-    """The edges a nightly step uses: its generation's (stores written before they were kept: the configuration's
-    or the default)."""
+    """The edges a nightly step uses: its generation's, learned (or taken from the configuration) at its full
+    retrain. Stores written before they were kept: the configuration's, else None (the half-star default)."""
     if "rating_edges" in reference:
         return reference["rating_edges"]
     edges = config.drift.rating_edges
@@ -255,12 +255,14 @@ def _stored_rating_edges(config: AccreteConfig, reference: dict[str, np.ndarray]
 
 
 def _rating_scale(config: AccreteConfig, reference: dict[str, np.ndarray] | None) -> tuple[float, float] | None:
-    """The ratings a partition may hold (a row outside is quarantined on reading): the configured histogram edges'
-    range, else the one the generation learned at its full retrain (`reference`); None for a full retrain, which
-    learns the scale from its data. Stores from before the edges were learned keep the half-star default."""
-    edges: Any = config.drift.rating_edges
-    if edges is None and reference is not None:
-        edges = reference.get("rating_edges", drift_mod.DEFAULT_RATING_EDGES)
+    """The ratings a partition may hold (a row outside is quarantined on reading). A nightly step (`reference`
+    given): the range of the edges its drift histogram uses (`_stored_rating_edges`), so every kept rating falls
+    in a bin. A full retrain (`reference` None): the configured edges' range, else None: it learns the scale."""
+    if reference is None:
+        edges: Any = config.drift.rating_edges
+    else:
+        edges = _stored_rating_edges(config, reference)
+        edges = drift_mod.DEFAULT_RATING_EDGES if edges is None else edges
     return None if edges is None else (float(edges[0]), float(edges[-1]))
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from accrete.pipeline import contract
 from accrete.pipeline.decision import fired_reasons
-from accrete.pipeline.manifest import reasons_list
+from accrete.pipeline.manifest import Manifest, reasons_list
 from accrete.pipeline.store import Store
 
 
@@ -25,7 +25,10 @@ def retrain_reason(reasons: str | list[str] | None) -> str:
 def owed_retrain(store_dir: str | Path) -> dict[str, Any] | None:
     """A retrain the current version asked for but that never ran (the run crashed or was killed after the
     step was published): {"date": ISO date, "reasons": [...]}; None when nothing is owed."""
-    manifest = Store(store_dir).read_manifest()
+    return _owed(Store(store_dir).read_manifest())
+
+
+def _owed(manifest: Manifest) -> dict[str, Any] | None:
     if manifest.kind == "incremental" and manifest.retrain_due:
         return {"date": manifest.partition, "reasons": manifest.reasons}
     return None
@@ -33,31 +36,35 @@ def owed_retrain(store_dir: str | Path) -> dict[str, Any] | None:
 
 def applied_partitions(store_dir: str | Path) -> list[dt.date]:
     """Every partition the current version has consumed, in date order."""
-    return sorted(dt.date.fromisoformat(d) for d in Store(store_dir).read_manifest().partitions)
+    return _applied(Store(store_dir).read_manifest())
+
+
+def _applied(manifest: Manifest) -> list[dt.date]:
+    return sorted(dt.date.fromisoformat(d) for d in manifest.partitions)
 
 
 def pending_partitions(data_dir: str | Path, store_dir: str | Path) -> list[dt.date]:
     """The data directory's partitions after the last applied one, in the order a nightly run applies them."""
-    applied = applied_partitions(store_dir)
-    return [d for d in contract.list_partitions(data_dir) if d > applied[-1]]
+    last = applied_partitions(store_dir)[-1]
+    return [d for d in contract.list_partitions(data_dir) if d > last]
 
 
 def nothing_to_do(data_dir: str | Path, store_dir: str | Path, start: dt.date | None = None,
                   end: dt.date | None = None) -> str | None:
     """Why a nightly run (no range) or a backfill over [start, end] would change nothing, as one line; None when
     it has work: a pending partition in range, or a retrain owed by the current version."""
-    store = Store(store_dir)
-    if owed_retrain(store_dir):
+    manifest = Store(store_dir).read_manifest()
+    if _owed(manifest):
         return None
-    applied = applied_partitions(store_dir)
-    version = store.current_version()
+    applied = _applied(manifest)
+    available = contract.list_partitions(data_dir)
     if start is None or end is None:
-        if pending_partitions(data_dir, store_dir):
+        if any(d > applied[-1] for d in available):
             return None
         return (f"nothing pending: every partition in {data_dir} is applied (last {applied[-1]}, "
-                f"version {version}); use --force to redo the latest step")
-    in_range = [d for d in contract.list_partitions(data_dir) if start <= d <= end]
+                f"version {manifest.version}); use --force to redo the latest step")
+    in_range = [d for d in available if start <= d <= end]
     if set(in_range) - set(applied):
         return None
     return (f"nothing to apply: the {len(in_range)} partition(s) from {start} to {end} are already applied "
-            f"(version {version})")
+            f"(version {manifest.version})")
