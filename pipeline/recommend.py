@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from accrete.pipeline import evaluation
+from accrete.pipeline import evaluation, scoring
 from accrete.pipeline.errors import AccreteError
 from accrete.pipeline.store import ModelState, Store
 
@@ -27,7 +27,7 @@ def scorer(state: ModelState) -> evaluation.Scorer:
     objective = manifest["objective"]
     use_bias = bool(manifest["config"]["model"].get("use_bias", True))
     item_bias = state.item_bias if evaluation.uses_item_bias(objective, use_bias) else None
-    ranking = evaluation.dot_scorer(state.user_vectors, state.item_vectors, item_bias)
+    ranking = scoring.of_tables(scoring.kind_of(manifest), state.user_vectors, state.item_vectors, item_bias).scores
     if objective != "rating":
         return ranking
     mu = np.float32(manifest.get("global_bias", 0.0))
