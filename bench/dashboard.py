@@ -33,7 +33,8 @@ def make_year_store(work: Path, days: int, seed: int, world: dict[str, int] = YE
     """Generate (once) a synthetic world of `days` daily partitions and backfill a store over all of it."""
     from accrete.pipeline import contract
     from accrete.pipeline.config import AccreteConfig
-    from accrete.pipeline.incremental import run_full_retrain, run_incremental_step
+    from accrete.pipeline.retrain import run_full_retrain
+    from accrete.pipeline.incremental import run_incremental_step
     from accrete.pipeline.policy import pending_partitions, retrain_reason
     from accrete.pipeline.store import Store
     from accrete.pipeline.synthetic import generate_world

@@ -39,7 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from accrete.pipeline import contract, evaluation  # noqa: E402
 from accrete.pipeline.config import AccreteConfig  # noqa: E402
-from accrete.pipeline.incremental import run_full_retrain, run_incremental_step  # noqa: E402
+from accrete.pipeline.retrain import run_full_retrain
+from accrete.pipeline.incremental import run_incremental_step  # noqa: E402
 from accrete.pipeline.movielens import convert_movielens  # noqa: E402
 from accrete.pipeline.store import Store  # noqa: E402
 

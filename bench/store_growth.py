@@ -33,7 +33,8 @@ def main() -> None:
 
     from accrete.pipeline import contract
     from accrete.pipeline.config import AccreteConfig
-    from accrete.pipeline.incremental import run_full_retrain, run_incremental_step
+    from accrete.pipeline.retrain import run_full_retrain
+    from accrete.pipeline.incremental import run_incremental_step
     from accrete.pipeline.maintenance import collect_garbage, format_gc
     from accrete.pipeline.movielens import convert_movielens
     from accrete.pipeline.store import Store

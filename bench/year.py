@@ -4,7 +4,7 @@ Generates (or reuses, under --work) one synthetic world of `max(histories) + ste
 the issue's year: 2,000 initial users + 40/day, 1,000 initial items + 15/day, 30,000 interactions/day,
 11.0 M interactions by day 365), then for each history length H (days):
 
-* full retrain as of day H, in a fresh store (`pipeline.incremental.run_full_retrain`, no Prefect);
+* full retrain as of day H, in a fresh store (`pipeline.retrain.run_full_retrain`, no Prefect);
 * `--steps` nightly steps on days H+1.. (`run_incremental_step`).
 
 Every run is a child process, so its peak memory is its own RSS high-water mark (`VmHWM`, which
@@ -76,7 +76,8 @@ def _progress_printer(began: float):
 def worker(spec: dict) -> dict:
     """Run one retrain or step as described by `spec`; return its timings, peak RSS and manifest numbers."""
     from accrete.pipeline.config import AccreteConfig
-    from accrete.pipeline.incremental import run_full_retrain, run_incremental_step
+    from accrete.pipeline.retrain import run_full_retrain
+    from accrete.pipeline.incremental import run_incremental_step
 
     import_rss = _rss_bytes()
     began = time.perf_counter()

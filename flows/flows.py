@@ -40,7 +40,8 @@ from accrete.pipeline.config import AccreteConfig
 from accrete.pipeline.errors import AccreteError
 from accrete.pipeline.evaluation import HEADLINE_METRICS
 from accrete.pipeline.manifest import Manifest
-from accrete.pipeline.incremental import StepResult, run_full_retrain, run_incremental_step, sync_drift_history
+from accrete.pipeline.incremental import StepResult, run_incremental_step, sync_drift_history
+from accrete.pipeline.retrain import run_full_retrain
 from accrete.pipeline.policy import applied_partitions as policy_applied, owed_retrain, retrain_reason
 from accrete.pipeline.store import Store
 
@@ -309,7 +310,7 @@ def incremental_step(data: str, store: str, date: str | None, force: bool, confi
 @task(name="full-retrain", cache_policy=NO_CACHE)
 def full_retrain_step(data: str, store: str, as_of: str, window_days: int | None, reason: str,
                       config_path: str | None) -> dict[str, Any]:
-    """`pipeline.incremental.run_full_retrain`: train every row from scratch as a new generation; never retried."""
+    """`pipeline.retrain.run_full_retrain`: train every row from scratch as a new generation; never retried."""
     logger = get_run_logger()
     config = AccreteConfig.load(config_path)
     result = run_full_retrain(data, store, _parse_date(as_of, "as_of"), config=config, window_days=window_days,

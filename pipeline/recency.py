@@ -17,7 +17,14 @@ instead of below every item with any history; where they start slowly, the prior
 """
 from __future__ import annotations
 
+import datetime as dt
+from typing import overload
+
 import numpy as np
+import pyarrow as pa
+
+from accrete.pipeline import contract
+from accrete.pipeline.vocabulary import Vocabulary
 
 LN2 = float(np.log(2.0))
 SECONDS_PER_DAY = 86_400.0
@@ -78,3 +85,66 @@ def learned_prior(sums: np.ndarray | None, fallback: float) -> float:
     if sums is None or not sums[1] > 0:
         return float(fallback)
     return float(sums[0] / sums[1])
+
+
+# ----- bookkeeping over a store's vocabularies and partitions (settings: a generation's `recency` record) -----
+def item_times(interactions: pa.Table, item_vocab: Vocabulary) -> tuple[np.ndarray, np.ndarray]:
+    """Item rows and Unix-second timestamps of the interactions with a known item. Unlike
+    `interaction_arrays` it keeps interactions of users a compaction dropped: they still count towards
+    an item's popularity."""
+    if interactions.num_rows == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    items = item_vocab.lookup(interactions["item_id"])
+    times = interactions["timestamp"].to_numpy().astype(np.int64)
+    keep = items > 0
+    return items[keep], times[keep]
+
+
+@overload
+def seconds(day: dt.date) -> float: ...
+@overload
+def seconds(day: np.ndarray) -> np.ndarray: ...
+def seconds(day: dt.date | np.ndarray) -> np.ndarray | float:
+    """Unix seconds at the start of a date (or of each `datetime64[D]`)."""
+    if isinstance(day, dt.date):
+        return float(np.datetime64(day, "s").astype(np.int64))
+    return np.asarray(day, "datetime64[D]").astype("datetime64[s]").astype(np.int64).astype(np.float64)
+
+
+def arrival_prior(settings: dict, reference: dict[str, np.ndarray]) -> float:
+    """The pseudo-interactions a new item starts with: learned from earlier arrivals, or the configured value."""
+    if not settings.get("prior_learned"):
+        return settings["prior"]
+    return learned_prior(reference.get("arrival_sums"), settings["prior"])
+
+
+def add_vocabulary_arrivals(log_counts: np.ndarray, vocab: Vocabulary, first_row: int, settings: dict,
+                      prior: float) -> np.ndarray:
+    anchor = seconds(dt.date.fromisoformat(settings["anchor"]))
+    created = vocab.created[first_row:]
+    created_s = np.where(np.isnat(created), anchor, seconds(created))  # row 0 (no date) is never scored
+    return add_arrivals(log_counts, first_row, created_s, prior=prior, anchor_s=anchor,
+                                    half_life_days=settings["half_life_days"])
+
+
+def first_period_sums(vocab: Vocabulary, items: np.ndarray, times: np.ndarray, settings: dict, freq: str,
+                       since: dt.date) -> np.ndarray:
+    """`recency.cohort_sums` over the items created after `since` (the first training partition, whose items
+    are the catalogue so far rather than a cohort): their interactions within their first period."""
+    created = vocab.created
+    eligible = ~np.isnat(created) & (created > np.datetime64(since, "D"))
+    created_s = np.where(eligible, seconds(np.where(eligible, created, np.datetime64(since, "D"))), 0.0)
+    ends = {day: seconds(contract.period_end(day.astype(object), freq)) for day in np.unique(created[eligible])}
+    end_s = np.zeros(len(created))
+    for day, end in ends.items():
+        end_s[created == day] = end
+    first = eligible[items] & (times >= created_s[items]) & (times < end_s[items])
+    counts = np.bincount(items[first], minlength=len(created))
+    return cohort_sums(created_s[eligible], counts[eligible],
+                                   anchor_s=seconds(dt.date.fromisoformat(settings["anchor"])),
+                                   half_life_days=settings["half_life_days"])
+
+
+def add_interactions(log_counts: np.ndarray, items: np.ndarray, times: np.ndarray, settings: dict) -> np.ndarray:
+    return accumulate(log_counts, items, times, anchor_s=seconds(dt.date.fromisoformat(settings["anchor"])),
+                                  half_life_days=settings["half_life_days"])

@@ -104,7 +104,7 @@ def make_store(tmp_path, config_path):
     partition (a plain pipeline call, no Prefect), so a test starts from a bootstrapped store."""
     from accrete.pipeline.config import AccreteConfig
     from accrete.pipeline.contract import list_partitions
-    from accrete.pipeline.incremental import run_full_retrain
+    from accrete.pipeline.retrain import run_full_retrain
 
     def make(data: Path, name: str = "store") -> Path:
         store = tmp_path / name

@@ -14,7 +14,7 @@ import pytest
 
 from accrete.pipeline.config import AccreteConfig
 from accrete.pipeline.contract import list_partitions
-from accrete.pipeline.incremental import run_full_retrain
+from accrete.pipeline.retrain import run_full_retrain
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,8 @@ import pytest
 
 from accrete.pipeline import contract
 from accrete.pipeline.config import AccreteConfig
-from accrete.pipeline.incremental import run_full_retrain, run_incremental_step
+from accrete.pipeline.retrain import run_full_retrain
+from accrete.pipeline.incremental import run_incremental_step
 from accrete.pipeline.synthetic import generate_world
 
 IALS_SMALL = AccreteConfig().replace(model={"dim": 8})

@@ -27,7 +27,8 @@ from accrete.flows.cli import _one_line
 from accrete.pipeline.config import AccreteConfig
 from accrete.pipeline.contract import list_partitions, period_end, read_partition
 from accrete.pipeline.errors import AccreteError, DataContractError
-from accrete.pipeline.incremental import run_full_retrain, run_incremental_step
+from accrete.pipeline.retrain import run_full_retrain
+from accrete.pipeline.incremental import run_incremental_step
 from accrete.pipeline.recommend import recommend
 from accrete.pipeline.store import Store
 from accrete.pipeline.synthetic import generate_world

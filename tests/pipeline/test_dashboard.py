@@ -23,7 +23,8 @@ from accrete.pipeline.dashboard import (PANELS, build_dashboard, collect_dashboa
                                 quality_figure)
 from accrete.pipeline.decision import read_drift_history
 from accrete.pipeline.errors import StoreError
-from accrete.pipeline.incremental import run_full_retrain, run_incremental_step
+from accrete.pipeline.retrain import run_full_retrain
+from accrete.pipeline.incremental import run_incremental_step
 from accrete.pipeline.store import Store
 from accrete.pipeline.synthetic import generate_world
 

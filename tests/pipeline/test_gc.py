@@ -10,7 +10,8 @@ import pytest
 from accrete.pipeline.errors import StoreError
 from accrete.pipeline.exports import export_delta, read_export
 from accrete.pipeline.faults import ENV_VAR, InjectedFault
-from accrete.pipeline.incremental import run_full_retrain, run_incremental_step
+from accrete.pipeline.retrain import run_full_retrain
+from accrete.pipeline.incremental import run_incremental_step
 from accrete.pipeline.maintenance import _tree_bytes, collect_garbage, format_gc, verify_store
 from accrete.pipeline.store import Store, version_name
 

@@ -12,7 +12,8 @@ import pytest
 from accrete.pipeline import contract, evaluation
 from accrete.pipeline.config import AccreteConfig
 from accrete.pipeline.exports import export_delta, read_export
-from accrete.pipeline.incremental import run_full_retrain, run_incremental_step
+from accrete.pipeline.retrain import run_full_retrain
+from accrete.pipeline.incremental import run_incremental_step
 from accrete.pipeline.recommend import recommend, scorer
 from accrete.pipeline.store import Store
 from accrete.pipeline.synthetic import generate_world

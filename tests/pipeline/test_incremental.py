@@ -17,7 +17,9 @@ from accrete.pipeline.config import AccreteConfig
 from accrete.pipeline.errors import PartitionOrderError, StoreError
 from accrete.pipeline.exports import export_delta, export_version, read_export
 from accrete.pipeline.faults import ENV_VAR, InjectedFault
-from accrete.pipeline.incremental import run_full_retrain, run_incremental_step, sync_drift_history, trainable_boundary
+from accrete.pipeline.retrain import run_full_retrain
+from accrete.pipeline.incremental import run_incremental_step, sync_drift_history
+from accrete.pipeline.tables import trainable_boundary
 from accrete.pipeline.store import Store, sha256_of_array
 from accrete.pipeline.synthetic import generate_world
 

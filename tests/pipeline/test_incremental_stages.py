@@ -13,9 +13,8 @@ import pytest
 
 from accrete.pipeline import contract
 from accrete.pipeline.config import AccreteConfig
-from accrete.pipeline.incremental import (Step, _rating_scale, add_cold_rows, evaluate_before_training, extend_vocabularies,
-                                  incremental_step, measure_drift, publish_step, read_generation_settings,
-                                  run_incremental_step, sample_replay, train_new_rows, warm_start_new_rows)
+from accrete.pipeline.incremental import Step, add_cold_rows, evaluate_before_training, extend_vocabularies, incremental_step, measure_drift, publish_step, read_generation_settings, run_incremental_step, sample_replay, train_new_rows, warm_start_new_rows
+from accrete.pipeline.generation import rating_scale
 from accrete.pipeline.store import Store
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "main_store"
@@ -32,7 +31,7 @@ def _step(data: Path, store_dir: Path, config: AccreteConfig | None = None) -> S
     store = Store(store_dir)
     state = store.load()
     date = contract.list_partitions(data)[len(state.partitions)]
-    partition = contract.read_partition(data, date, "day", rating_range=_rating_scale(config, state.reference))
+    partition = contract.read_partition(data, date, "day", rating_range=rating_scale(config, state.reference))
     return Step(config, store, state, partition, state.partitions)
 
 

@@ -6,7 +6,8 @@ import pytest
 from accrete.pipeline import contract
 from accrete.pipeline.config import AccreteConfig
 from accrete.pipeline.errors import StoreError
-from accrete.pipeline.incremental import run_full_retrain, run_incremental_step
+from accrete.pipeline.retrain import run_full_retrain
+from accrete.pipeline.incremental import run_incremental_step
 from accrete.pipeline.policy import (applied_partitions, nothing_to_do, owed_retrain, pending_partitions, reasons_list,
                              retrain_reason)
 from accrete.pipeline.store import Store

@@ -1,7 +1,7 @@
 """Reruns after a crash or kill complete the work without redoing what was published."""
 from __future__ import annotations
 
-from accrete.pipeline.incremental import run_full_retrain
+from accrete.pipeline.retrain import run_full_retrain
 from accrete.pipeline.store import Store
 
 from tests.pipeline.conftest import IALS_SMALL

@@ -12,7 +12,8 @@ import pytest
 
 from accrete.pipeline import contract
 from accrete.pipeline.config import AccreteConfig
-from accrete.pipeline.incremental import run_full_retrain, run_incremental_step
+from accrete.pipeline.retrain import run_full_retrain
+from accrete.pipeline.incremental import run_incremental_step
 from accrete.pipeline.status import format_status, store_status
 from accrete.pipeline.store import MANIFEST, Store
 from accrete.pipeline.synthetic import generate_world
