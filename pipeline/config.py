@@ -23,7 +23,7 @@ from accrete.models import BIAS_POLICIES, INIT_STRATEGIES, SGD_OBJECTIVES
 from accrete.pipeline.errors import ConfigError
 
 OBJECTIVES = ("ials", "auto", *SGD_OBJECTIVES)
-USER_POLICIES = ("refold_active", "frozen")
+USER_POLICIES = ("profile", "refold_active", "frozen")
 #: The periods a partition may span (`[data] freq`; the data contract's `PERIOD_FREQS`).
 FREQUENCIES = ("day", "week", "month")
 
@@ -47,26 +47,51 @@ class ModelConfig:
     ials_alpha: float = 10.0
     ials_l2: float = 10.0
     ials_iterations: int = 15
-    # iALS: what happens to existing users who interact in a new partition. "refold_active": their
-    # vectors are re-solved against the frozen item table from their whole history (users are the query
-    # side; item rows never move). "frozen": only new users are solved.
-    user_policy: str = "refold_active"
+    # iALS: the query side. "profile" (default): a user's query is the recency-weighted direction of the unit
+    # vectors of the items they interacted with (pipeline/profiles.py), scored by cosine plus the time-aware
+    # term; no user is solved, and a night touches only its own users' rows (docs/quality.md: measured best on
+    # both real datasets). "refold_active": users are iALS vectors, active ones re-solved against the frozen
+    # item table from their history. "frozen": only new users are solved. Fixed per generation.
+    user_policy: str = "profile"
+    # "profile": the profile's half-life (days), chosen at each full retrain among the candidates.
+    profile_half_life_days: float = 30.0
+    profile_half_life_candidates: tuple[float, ...] = (14.0, 60.0, 3650.0)
     # iALS score term `recency_weight * log(time-decayed interaction count)` per item (pipeline/recency.py),
     # recomputed every night with vectors frozen. Half-life tuned on MovieLens 2016 (docs/quality.md);
     # a new item starts with `recency_prior` pseudo-interactions on its arrival day, or, when
     # `recency_prior_learned`, with the time-decayed mean count of earlier arrivals in their first period
     # (`recency_prior` until an item has arrived). Weight 0 turns the term off.
     recency_half_life_days: float = 120.0
-    recency_weight: float = 5.0
+    # None: the user policy's own scale (the profile's cosine lies in [-1, 1], an iALS score does not):
+    # 0.2 under "profile", 5 otherwise.
+    recency_weight: float | None = None
     recency_prior: float = 1.0
     recency_prior_learned: bool = True
     # Each full retrain picks `recency_weight` and `recency_half_life_days` from these candidates by replaying
     # its own most recent periods (pipeline/tuning.py; at least `recency_tune_min_users` evaluated users);
     # empty weights: always the configured two, which are also the fallback when the data is too short to tune on.
-    recency_weight_candidates: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 5.0)
-    recency_half_life_candidates: tuple[float, ...] = (7.0, 30.0, 120.0)
+    # None: the user policy's own grid (`weight_candidates`). Half-lives from half a week to a year: tuned
+    # decayed popularity picks 3.5 days on weekly purchase logs and 60-120 days on MovieLens.
+    recency_weight_candidates: tuple[float, ...] | None = None
+    recency_half_life_candidates: tuple[float, ...] = (3.5, 7.0, 14.0, 30.0, 60.0, 120.0, 365.0)
     recency_tune_min_users: int = 200
     use_bias: bool = True
+
+    @property
+    def weight(self) -> float:
+        """The time-aware term's weight when a retrain cannot tune it."""
+        if self.recency_weight is not None:
+            return float(self.recency_weight)
+        return 0.2 if self.user_policy == "profile" else 5.0
+
+    @property
+    def weight_candidates(self) -> tuple[float, ...]:
+        """The weights a retrain compares (empty: none, the configured weight applies)."""
+        if self.recency_weight_candidates is not None:
+            return self.recency_weight_candidates
+        if self.user_policy == "profile":
+            return (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)
+        return (0.0, 0.5, 1.0, 2.0, 5.0)
     # "frozen": biases freeze with their rows (measured best on MovieLens, and a delta export then holds
     # only the new rows). "trainable": every row's bias trains, so old items can follow popularity shifts
     # while their vectors stay frozen.
@@ -108,6 +133,8 @@ class EvalConfig:
     ks: tuple[int, ...] = (10, 50)
     # Users scored per batched matrix product.
     user_batch: int = 2048
+    # The "young items" slice: items created in the last this many applied periods, scored in the next.
+    young_periods: int = 2
 
 
 @dataclass(frozen=True)
@@ -192,7 +219,8 @@ class AccreteConfig:
             unknown = set(values) - known
             if unknown:
                 raise ConfigError(f"{source}: unknown key(s) {sorted(unknown)} in [{name}]")
-            for key in ("ks", "rating_edges", "recency_weight_candidates", "recency_half_life_candidates"):
+            for key in ("ks", "rating_edges", "recency_weight_candidates", "recency_half_life_candidates",
+                        "profile_half_life_candidates"):
                 if values.get(key) is not None:
                     values = {**values, key: tuple(values[key])}
             built[name] = section_cls(**values)
@@ -220,10 +248,12 @@ class AccreteConfig:
             (self.model.ials_alpha > 0 and self.model.ials_l2 > 0, "[model] ials_alpha and ials_l2 must be > 0"),
             (self.model.ials_iterations >= 1, "[model] ials_iterations must be >= 1"),
             (self.model.recency_half_life_days > 0, "[model] recency_half_life_days must be > 0"),
-            (self.model.recency_weight >= 0 and self.model.recency_prior >= 0,
+            (self.model.weight >= 0 and self.model.recency_prior >= 0,
              "[model] recency_weight and recency_prior must be >= 0"),
-            (all(w >= 0 for w in self.model.recency_weight_candidates),
+            (all(w >= 0 for w in self.model.weight_candidates),
              "[model] recency_weight_candidates must all be >= 0"),
+            (self.model.profile_half_life_days > 0 and all(h > 0 for h in self.model.profile_half_life_candidates),
+             "[model] profile_half_life_days and profile_half_life_candidates must be > 0"),
             (all(h > 0 for h in self.model.recency_half_life_candidates),
              "[model] recency_half_life_candidates must all be > 0"),
             (self.model.recency_tune_min_users >= 1, "[model] recency_tune_min_users must be >= 1"),

@@ -49,9 +49,17 @@ def rating_scale(config: AccreteConfig, reference: dict[str, np.ndarray] | None)
 def recency_settings(config: AccreteConfig, anchor: dt.date) -> dict[str, Any]:
     """The time-aware term's settings, fixed for a generation by its full retrain (kept in its manifest)."""
     model = config.model
-    return {"anchor": anchor.isoformat(), "half_life_days": float(model.recency_half_life_days),
-            "weight": float(model.recency_weight), "prior": float(model.recency_prior),
-            "prior_learned": bool(model.recency_prior_learned)}
+    settings: dict[str, Any] = {
+        "anchor": anchor.isoformat(), "half_life_days": float(model.recency_half_life_days),
+        "weight": model.weight, "prior": float(model.recency_prior), "prior_learned": bool(model.recency_prior_learned)}
+    if model.user_policy == "profile":
+        settings["profile_half_life_days"] = float(model.profile_half_life_days)
+    return settings
+
+
+def scoring_kind(config: AccreteConfig, objective: str) -> str:
+    """The scoring kind (`pipeline.scoring`) a retrain with this configuration gives its generation."""
+    return "cosine" if objective == "ials" and config.model.user_policy == "profile" else "dot"
 
 
 def generation_setting_changes(config: AccreteConfig, manifest: dict[str, Any], dim: int) -> list[str]:
@@ -64,12 +72,17 @@ def generation_setting_changes(config: AccreteConfig, manifest: dict[str, Any], 
     if objective and config.model.objective != "auto" and config.model.objective != objective:
         notes.append(f"model.objective = {config.model.objective!r} in the configuration, but this generation "
                      f"trains {objective!r}")
+    if objective == "ials":
+        stored_kind = manifest.get("scoring") or "dot"
+        if scoring_kind(config, objective) != stored_kind:
+            notes.append(f"model.user_policy = {config.model.user_policy!r} in the configuration, but this generation "
+                         f"scores {'user profiles' if stored_kind == 'cosine' else 'solved user vectors'}")
     stored = manifest.get("recency") if objective == "ials" else None
     if stored:
         configured = recency_settings(config, dt.date.fromisoformat(stored["anchor"]))
         tuned = (stored.get("tuning") or {}).get("chosen") is not None  # chosen by the retrain, not configured
         for key in ("prior", "prior_learned") if tuned else ("half_life_days", "weight", "prior", "prior_learned"):
-            if configured[key] != stored.get(key, False):
+            if key in configured and configured[key] != stored.get(key, False):
                 notes.append(f"model.recency_{key} = {_setting(configured[key])} in the configuration, but this "
                              f"generation uses {_setting(stored.get(key, False))}")
     return [f"{note}: nightly steps keep the store's value until the next full retrain (`accrete retrain`)"

@@ -28,7 +28,8 @@ import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
 
-from accrete.pipeline import contract, decision as decision_mod, drift as drift_mod, evaluation, recency as recency_mod
+from accrete.pipeline import (contract, decision as decision_mod, drift as drift_mod, evaluation, profiles as profiles_mod,
+                              recency as recency_mod, scoring)
 from accrete.pipeline.config import AccreteConfig
 from accrete.pipeline.errors import PartitionOrderError, StoreError
 from accrete.pipeline.faults import maybe_fail
@@ -38,7 +39,8 @@ from accrete.pipeline.recency import add_interactions, add_vocabulary_arrivals, 
 from accrete.pipeline.sgd import fold_in_spec, positive_level, train_sgd
 from accrete.pipeline.store import ModelState, Store, sha256_of_array
 from accrete.pipeline.tables import (cold_strategy, grow, ids_of, incidence, init_new_rows, interaction_arrays,
-                                     seed_for, tokens_table, trainable_boundary)
+                                     interaction_rows_kept, interaction_weights, seed_for, tokens_table,
+                                     trainable_boundary)
 
 Progress = Callable[[str], None]
 
@@ -154,11 +156,15 @@ class Step:
     users: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     items: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     ratings: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    times: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    weights: np.ndarray = field(default_factory=lambda: np.zeros(0))
     incidence: sp.csr_matrix | None = None
     # add_cold_rows, read_generation_settings
     user_cold: str = "mean"
     item_cold: str = "mean"
     objective: str = "ials"
+    scoring: str = "dot"
+    profiles: profiles_mod.Profiles | None = None
     warnings: list[str] = field(default_factory=list)
     recency: dict[str, Any] | None = None
     log_counts: np.ndarray | None = None
@@ -239,6 +245,9 @@ def extend_vocabularies(step: Step) -> None:
     step.incidence = incidence(state.item_tokens, step.n_items)
     step.users, step.items, step.ratings = interaction_arrays(partition.interactions, state.user_vocab,
                                                                state.item_vocab)
+    kept = interaction_rows_kept(partition.interactions, state.user_vocab, state.item_vocab)
+    step.times = partition.interactions["timestamp"].to_numpy().astype(np.float64)[kept]
+    step.weights = interaction_weights(partition.interactions)[kept]
 
 
 def add_cold_rows(step: Step) -> None:
@@ -250,6 +259,8 @@ def add_cold_rows(step: Step) -> None:
     step.user_cold = cold_strategy(model.init, has_tokens=False)
     step.item_cold = cold_strategy(model.init, has_tokens=has_tokens)
     new_users = init_new_rows(step.user_cold, state.user_vectors, n_old_users, n_users - n_old_users, step.seed(1))
+    if scoring.kind_of(step.parent) == "cosine":
+        new_users[:] = 0.0  # no profile yet: a new user's query is empty, the time-aware term ranks alone
     new_items = init_new_rows(step.item_cold, state.item_vectors, n_old_items, n_items - n_old_items, step.seed(2),
                                step.incidence)
     state.user_vectors = np.concatenate([state.user_vectors, new_users])
@@ -278,6 +289,9 @@ def read_generation_settings(step: Step) -> None:
     for warning in step.warnings:
         step.progress(f"warning: {warning}")
     step.recency = parent.get("recency") if step.objective == "ials" else None
+    step.scoring = scoring.kind_of(parent)
+    if step.scoring == "cosine":
+        step.profiles = profiles_mod.from_version(state.user_vectors, state.reference)
     if step.recency:
         step.arrival_sums = state.reference.get("arrival_sums")
         step.log_counts = add_vocabulary_arrivals(state.reference["item_log_recency"], state.item_vocab, step.n_old_items,
@@ -287,29 +301,76 @@ def read_generation_settings(step: Step) -> None:
 
 def evaluate_before_training(step: Step) -> None:
     """Prequential evaluation: score the partition's interactions with the tables as they stand (new rows cold),
-    seen items excluded; also for the items the previous step added."""
+    seen items excluded, with the scoring every reader uses (`pipeline.scoring`). Slices: new users, new items,
+    the items of the previous step ("recent") and of the last `eval.young_periods` periods ("young"). Under the
+    time-aware term, the term alone is scored too (a decayed-popularity control, "/control"): `lift@10`, the
+    model's Recall@10 over the control's, is what a hard week does not move and an aging model does.
+
+    Items that arrive in the partition only through its interactions (no `items/` row announced them) are not
+    candidates: before the night nobody knew they existed, and ranking them would read the answer from the data.
+    Only the scored users' history is read (their seen items)."""
     state, config = step.state, step.config
-    history = step.store.read_history(step.applied)
-    step.history_users = state.user_vocab.lookup(history["user_id"])
-    step.history_items = state.item_vocab.lookup(history["item_id"])
+    scored_users = np.unique(step.users)
+    step.history_users, step.history_items = _history_of(step, scored_users)
     seen = evaluation.seen_matrix(step.history_users, step.history_items, step.n_users, step.n_items)
     uses_bias = evaluation.uses_item_bias(step.objective, config.model.use_bias)
-    scorer = evaluation.dot_scorer(state.user_vectors, state.item_vectors, state.item_bias if uses_bias else None)
+    term = state.item_bias if uses_bias else None
+    scorer = scoring.of_tables(step.scoring, state.user_vectors, state.item_vectors, term).scores
+    excluded = unannounced_arrivals(step)
     step.progress(f"evaluating on {len(step.users):,} interactions before training")
-    step.metrics = evaluation.evaluate_prequential(
-        scorer, test_users=step.users, test_items=step.items, n_items=step.n_items, seen=seen,
-        new_users=np.arange(step.n_old_users, step.n_users), new_items=np.arange(step.n_old_items, step.n_items),
-        ks=config.eval.ks, user_batch=config.eval.user_batch)
+
+    def evaluate(score: evaluation.Scorer, **slices: np.ndarray) -> dict[str, float]:
+        return evaluation.evaluate_prequential(score, test_users=step.users, test_items=step.items,
+                                               n_items=step.n_items, seen=seen, ks=config.eval.ks,
+                                               user_batch=config.eval.user_batch, excluded_items=excluded, **slices)
+
+    step.metrics = evaluate(scorer, new_users=np.arange(step.n_old_users, step.n_users),
+                            new_items=np.arange(step.n_old_items, step.n_items))
+    slices = {"young_items": young_item_rows(state.item_vocab, step.applied, step.n_old_items,
+                                             config.eval.young_periods)}
     if step.parent.get("kind") == "incremental":
         # Items the previous step added (initialized, then trained once): how well a new row does after
         # one incremental step, which is what the initialization strategy is judged by.
         previous = step.parent["rows"]
-        recent = np.arange(previous["item"] - previous["item_new"], previous["item"])
-        recent_metrics = evaluation.evaluate_prequential(
-            scorer, test_users=step.users, test_items=step.items, n_items=step.n_items, seen=seen, new_items=recent,
-            ks=config.eval.ks, user_batch=config.eval.user_batch)
-        step.metrics.update({key.replace("/new_items", "/recent_items"): value
-                             for key, value in recent_metrics.items() if key.endswith("/new_items")})
+        slices["recent_items"] = np.arange(previous["item"] - previous["item_new"], previous["item"])
+    for name, rows in slices.items():
+        found = evaluate(scorer, new_items=rows)
+        step.metrics.update({key.replace("/new_items", f"/{name}"): value
+                             for key, value in found.items() if key.endswith("/new_items")})
+    if step.recency and term is not None:
+        control = evaluate(evaluation.popularity_scorer(term), new_items=slices["young_items"])
+        for key, source in (("recall@10", "recall@10"), ("ndcg@10", "ndcg@10"),
+                            ("recall@10/young_items", "recall@10/new_items")):
+            step.metrics[f"{key}/control"] = control.get(source, float("nan"))
+        model_recall, control_recall = step.metrics.get("recall@10", np.nan), control.get("recall@10", np.nan)
+        step.metrics["lift@10"] = float(model_recall / control_recall) if control_recall > 0 else float("nan")
+
+
+def _history_of(step: Step, user_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(user rows, item rows) of the given users' consumed interactions."""
+    history = step.store.read_history(step.applied)
+    users = step.state.user_vocab.lookup(history["user_id"])
+    mine = np.isin(users, user_rows)
+    return users[mine], step.state.item_vocab.lookup(history["item_id"])[mine]
+
+
+def unannounced_arrivals(step: Step) -> np.ndarray:
+    """The item rows the partition adds that only its interactions name (not its `items/` file)."""
+    new_rows = np.arange(step.n_old_items, step.n_items)
+    if len(new_rows) == 0 or step.partition.items.num_rows == 0:
+        return new_rows
+    announced = step.state.item_vocab.lookup(step.partition.items["item_id"].cast(pa.string()))
+    return new_rows[~np.isin(new_rows, announced)]
+
+
+def young_item_rows(vocab, applied: list[dt.date], first_new_row: int, periods: int) -> np.ndarray:
+    """The item rows created in the last `periods` applied partitions (before tonight's rows)."""
+    if periods <= 0 or not applied:
+        return np.zeros(0, np.int64)
+    since = sorted(applied)[-periods:][0]
+    created = vocab.created[:first_new_row]
+    rows = np.flatnonzero(~np.isnat(created) & (created >= np.datetime64(since, "D")))
+    return rows[rows > 0]
 
 
 def sample_replay(step: Step) -> None:
@@ -356,8 +417,9 @@ def train_new_rows(step: Step) -> None:
     users, items = step.users, step.items
     step.user_from = trainable_boundary(state.user_vocab, step.date, step.applied, model.warmup_days)
     step.item_from = trainable_boundary(state.item_vocab, step.date, step.applied, model.warmup_days)
-    # Under iALS with refold_active, active existing users move by design (measured: user_cosine_shift).
-    users_move = step.objective == "ials" and model.user_policy == "refold_active"
+    # Under iALS with profiles or refold_active, active existing users move by design (measured:
+    # user_cosine_shift): users are the query side.
+    users_move = step.objective == "ials" and (step.scoring == "cosine" or model.user_policy == "refold_active")
 
     def frozen_blocks() -> dict[str, str]:
         blocks = {"item": sha256_of_array(state.item_vectors[:step.item_from])}
@@ -368,7 +430,13 @@ def train_new_rows(step: Step) -> None:
     frozen_before = frozen_blocks()
     train_users = np.concatenate([users, step.replay_users])
     step.training = {"examples_new": int(len(users)), "examples_replayed": int(len(step.replay_users))}
-    if step.objective == "ials":
+    if step.objective == "ials" and step.scoring == "cosine":
+        step.progress(f"solving {step.n_items - step.n_old_items:,} new items against the profiles; "
+                      f"{len(np.unique(users)):,} profiles from {len(users):,} interactions")
+        step.training.update(_profile_step(step))
+        if step.recency and step.log_counts is not None:
+            _add_partition_to_recency(step)
+    elif step.objective == "ials":
         step.progress(f"iALS: solving new rows and active users from {len(users):,} interactions")
         step.training.update(_ials_fold(config, state, users=users, items=items, history_users=step.history_users,
                                         history_items=step.history_items, n_old_users=step.n_old_users,
@@ -385,6 +453,31 @@ def train_new_rows(step: Step) -> None:
     step.frozen_checksum = frozen_blocks()
     if model.frozen_lr_multiplier == 0.0 and step.frozen_checksum != frozen_before:
         raise RuntimeError("frozen rows changed during training: this is a bug in the frozen-tail embedding")
+
+
+def _profile_step(step: Step) -> dict[str, Any]:
+    """The profile recipe's night: the new item rows solved in closed form against the users' queries (existing
+    item rows are never written), then the night's interactions added to its users' profiles (new users get
+    theirs). Costs the night's interactions, not the tables."""
+    state, model = step.state, step.config.model
+    assert step.profiles is not None and step.recency is not None
+    clock = time.perf_counter()
+    state.item_vectors = profiles_mod.solve_items(state.item_vectors, step.profiles.grown(step.n_users), step.users,
+                                                  step.items, step.n_old_items, alpha=model.ials_alpha,
+                                                  l2=model.ials_l2)
+    before = step.profiles.grown(step.n_users)
+    step.profiles, touched = profiles_mod.add_interactions(
+        before, step.users, step.items, step.times, state.item_vectors,
+        anchor_s=seconds(dt.date.fromisoformat(step.recency["anchor"])),
+        half_life_days=float(step.recency["profile_half_life_days"]), weights=step.weights)
+    state.user_vectors = step.profiles.queries
+    existing = touched[(touched < step.n_old_users) & np.isfinite(before.log_norms[touched])]
+    cosine = np.einsum("ij,ij->i", before.queries[existing].astype(np.float64),
+                       step.profiles.queries[existing].astype(np.float64))
+    return {"users_profiled": int(len(touched)), "users_new_profiles": int(len(touched) - len(existing)),
+            "items_folded_in": int(len(np.unique(step.items[step.items >= step.n_old_items]))),
+            "user_cosine_shift": float(np.mean(1.0 - cosine)) if len(cosine) else float("nan"),
+            "seconds": time.perf_counter() - clock}
 
 
 def _add_partition_to_recency(step: Step) -> None:
@@ -454,6 +547,8 @@ def measure_drift(step: Step) -> None:
         state.reference["item_log_recency"] = step.log_counts
         if step.arrival_sums is not None:
             state.reference["arrival_sums"] = step.arrival_sums
+    if step.profiles is not None:
+        state.reference.update(profiles_mod.to_reference(step.profiles.grown(n_users)))
     if "rating_edges" in ref:
         state.reference["rating_edges"] = ref["rating_edges"]
     if partition.has_ratings:
@@ -474,7 +569,7 @@ def publish_step(step: Step) -> StepResult:
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "partition": date.isoformat(),
         "partitions": sorted({*parent["partitions"], date.isoformat()}),
-        "global_bias": step.global_bias, "objective": step.objective, "recency": step.recency,
+        "global_bias": step.global_bias, "objective": step.objective, "scoring": step.scoring, "recency": step.recency,
         "rows": {"user": step.n_users, "item": step.n_items, "user_new": step.n_users - step.n_old_users,
                  "item_new": step.n_items - step.n_old_items,
                  "user_trainable_from": step.user_from, "item_trainable_from": step.item_from},

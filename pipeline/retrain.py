@@ -16,21 +16,22 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from accrete.pipeline import contract, drift as drift_mod, recency as recency_mod, tuning
+from accrete.pipeline import contract, drift as drift_mod, profiles, recency as recency_mod, tuning
 from accrete.pipeline.config import AccreteConfig
 from accrete.pipeline.errors import PartitionOrderError
-from accrete.pipeline.generation import rating_edges, rating_scale, recency_settings, resolve_objective
+from accrete.pipeline.generation import rating_edges, rating_scale, recency_settings, resolve_objective, scoring_kind
 from accrete.pipeline.incremental import Progress, StepResult, _noop
 from accrete.pipeline.recency import add_interactions, add_vocabulary_arrivals, first_period_sums, item_times, seconds
 from accrete.pipeline.reservoir import ReplayReservoir
 from accrete.pipeline.sgd import train_sgd
 from accrete.pipeline.store import ModelState, Store, _json_default, sha256_of_array
-from accrete.pipeline.tables import empty_tokens, ids_of, interaction_arrays, seed_for, tokens_table
+from accrete.pipeline.tables import (empty_tokens, ids_of, interaction_arrays, interaction_rows_kept, interaction_weights,
+                                     seed_for, tokens_table)
 from accrete.pipeline.vocabulary import Vocabulary
 
 
 def _choose_recency(config: AccreteConfig, training_data: pa.Table, user_vocab: Vocabulary, item_vocab: Vocabulary,
-                    train_dates: list[dt.date], prior: float, *, seed: int) -> tuning.RecencyChoice:
+                    train_dates: list[dt.date], prior: float, *, seed: int) -> tuning.RecencyChoice | tuning.ProfileChoice:
     """`pipeline.tuning.choose_recency` on a full retrain's training data."""
     users = user_vocab.lookup(training_data["user_id"])
     items = item_vocab.lookup(training_data["item_id"])
@@ -47,12 +48,21 @@ def _choose_recency(config: AccreteConfig, training_data: pa.Table, user_vocab: 
     if len(period_starts) == 1 and keep.any():  # one backlog partition: replay it in quarters of its time span
         low, high = float(times[keep].min()), float(times[keep].max())
         period_starts = np.array([period_starts[0], *(low + (high - low) * np.array([0.25, 0.5, 0.75]))])
+    user_created = np.maximum(created(user_vocab), first - 1)
+    item_created = np.maximum(created(item_vocab), first - 1)
+    half_lives = model.recency_half_life_candidates or (model.recency_half_life_days,)
+    if model.user_policy == "profile":
+        return tuning.choose_profile_recipe(
+            users[keep], items[keep], times[keep], period_starts=period_starts, user_created=user_created,
+            item_created=item_created, weights=model.weight_candidates, half_lives=half_lives,
+            profile_half_lives=model.profile_half_life_candidates or (model.profile_half_life_days,),
+            min_users=model.recency_tune_min_users, prior=prior, dim=model.dim, alpha=model.ials_alpha,
+            l2=model.ials_l2, iterations=model.ials_iterations, seed=seed,
+            interaction_weights=interaction_weights(training_data)[keep])
     return tuning.choose_recency(
-        users[keep], items[keep], times[keep], period_starts=period_starts,
-        user_created=np.maximum(created(user_vocab), first - 1), item_created=np.maximum(created(item_vocab), first - 1),
-        weights=model.recency_weight_candidates, half_lives=model.recency_half_life_candidates or
-        (model.recency_half_life_days,), min_users=model.recency_tune_min_users, prior=prior, dim=model.dim,
-        alpha=model.ials_alpha, l2=model.ials_l2,
+        users[keep], items[keep], times[keep], period_starts=period_starts, user_created=user_created,
+        item_created=item_created, weights=model.weight_candidates, half_lives=half_lives,
+        min_users=model.recency_tune_min_users, prior=prior, dim=model.dim, alpha=model.ials_alpha, l2=model.ials_l2,
         iterations=model.ials_iterations, seed=seed, refold_active=model.user_policy == "refold_active")
 
 
@@ -129,11 +139,13 @@ def _full_retrain(config: AccreteConfig, data_dir: Path, store: Store, as_of: dt
     progress(f"vocabulary: {training_data.num_rows:,} interactions to rows of {len(user_vocab) - 1:,} users, "
              f"{len(item_vocab) - 1:,} items")
     users, items, ratings = interaction_arrays(training_data, user_vocab, item_vocab)
+    keep_rows = interaction_rows_kept(training_data, user_vocab, item_vocab)
     n_users, n_items = len(user_vocab), len(item_vocab)
     rng = np.random.default_rng(seed_for(config.model.seed, as_of, 5))
     dim = config.model.dim
     objective = resolve_objective(config.model.objective, has_ratings)
     global_bias = float(ratings.mean()) if objective == "rating" else 0.0
+    kind = scoring_kind(config, objective)
     state = ModelState(
         user_vocab=user_vocab, item_vocab=item_vocab,
         user_vectors=(rng.normal(0, 0.05, (n_users, dim))).astype(np.float32),
@@ -156,8 +168,8 @@ def _full_retrain(config: AccreteConfig, data_dir: Path, store: Store, as_of: dt
             on_iteration=lambda i, seconds: progress(f"iALS iteration {i}/{config.model.ials_iterations} ({seconds:.1f} s)"))
         recency = recency_settings(config, as_of)
         item_rows, item_stamps = item_times(training_data, item_vocab)
-        if config.model.recency_weight_candidates:
-            progress("choosing the recency weight and half-life on the most recent periods")
+        if config.model.weight_candidates:
+            progress("choosing the recency weight and half-lives on the most recent periods")
             guess = (recency_mod.learned_prior(first_period_sums(item_vocab, item_rows, item_stamps, recency, freq,
                                                                   min(train_dates)), recency["prior"])
                      if recency["prior_learned"] else recency["prior"])
@@ -165,6 +177,8 @@ def _full_retrain(config: AccreteConfig, data_dir: Path, store: Store, as_of: dt
                                      seed=seed_for(config.model.seed, as_of, 6) % (2**31))
             if choice.weight is not None:
                 recency.update(weight=choice.weight, half_life_days=choice.half_life_days)
+                if isinstance(choice, tuning.ProfileChoice):
+                    recency["profile_half_life_days"] = choice.profile_half_life_days
             recency["tuning"] = choice.to_record()
         arrival_sums = (first_period_sums(item_vocab, item_rows, item_stamps, recency, freq, min(train_dates))
                         if recency["prior_learned"] else None)
@@ -172,6 +186,12 @@ def _full_retrain(config: AccreteConfig, data_dir: Path, store: Store, as_of: dt
         log_counts = add_interactions(add_vocabulary_arrivals(np.zeros(0), item_vocab, 0, recency, prior), item_rows, item_stamps,
                                   recency)
         state.item_bias = recency_mod.score_term(log_counts, recency["weight"])
+        if kind == "cosine":
+            progress(f"user profiles (half-life {recency['profile_half_life_days']:g} days)")
+            profile = profiles.build(n_users, users, items, training_data["timestamp"].to_numpy()[keep_rows].astype(
+                np.float64), state.item_vectors, anchor_s=seconds(as_of),
+                half_life_days=recency["profile_half_life_days"], weights=interaction_weights(training_data)[keep_rows])
+            state.user_vectors = profile.queries
         training = {"seconds": time.perf_counter() - started, "iterations": config.model.ials_iterations}
     else:
         training = train_sgd(config, state, objective, user_trainable_from=0, item_trainable_from=0, users=users,
@@ -188,6 +208,8 @@ def _full_retrain(config: AccreteConfig, data_dir: Path, store: Store, as_of: dt
     r_users, r_items, r_ratings = interaction_arrays(recent, user_vocab, item_vocab)
     state.reference = {"user_counts": np.bincount(r_users, minlength=n_users).astype(np.int64),
                        "item_counts": np.bincount(r_items, minlength=n_items).astype(np.int64)}
+    if kind == "cosine":
+        state.reference.update(profiles.to_reference(profile))
     if recency:
         state.reference["item_log_recency"] = log_counts
         if arrival_sums is not None:
@@ -212,7 +234,7 @@ def _full_retrain(config: AccreteConfig, data_dir: Path, store: Store, as_of: dt
         "as_of": as_of.isoformat(), "window_days": window_days,
         "partition": as_of.isoformat() if as_of in dates else max(dates).isoformat(),
         "partitions": all_consumed, "trained_on": [d.isoformat() for d in train_dates],
-        "global_bias": global_bias, "objective": objective, "recency": recency,
+        "global_bias": global_bias, "objective": objective, "scoring": kind, "recency": recency,
         "rows": {"user": n_users, "item": n_items, "user_new": n_users - (len(current.user_vocab) if current else 0),
                  "item_new": n_items - (len(current.item_vocab) if current else 0),
                  "user_trainable_from": 0, "item_trainable_from": 0},

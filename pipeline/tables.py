@@ -120,3 +120,16 @@ def interaction_arrays(interactions: pa.Table, user_vocab: Vocabulary, item_voca
     ratings = interactions["rating"].to_numpy().astype(np.float32) if interactions.num_rows else np.zeros(0, np.float32)
     keep = (users > 0) & (items > 0)
     return users[keep], items[keep], ratings[keep]
+
+
+def interaction_rows_kept(interactions: pa.Table, user_vocab: Vocabulary, item_vocab: Vocabulary) -> np.ndarray:
+    """The mask of the interactions `interaction_arrays` keeps (both IDs in the vocabularies)."""
+    return (user_vocab.lookup(interactions["user_id"]) > 0) & (item_vocab.lookup(interactions["item_id"]) > 0)
+
+
+def interaction_weights(interactions: pa.Table) -> np.ndarray:
+    """Each interaction's weight (float64): the `weight` column when the data has one (quantities of a purchase
+    log), else 1."""
+    if "weight" in interactions.column_names:
+        return interactions["weight"].to_numpy(zero_copy_only=False).astype(np.float64)
+    return np.ones(interactions.num_rows)

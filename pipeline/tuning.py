@@ -163,3 +163,116 @@ def _arrive(log_counts: np.ndarray, rows: np.ndarray, created: np.ndarray, prior
         log_counts[rows] = np.logaddexp(log_counts[rows],
                                         np.log(prior) + recency.log_weights(created[rows], anchor, half_life))
     return log_counts
+
+
+#: Users scored per holdout period when choosing the profile recipe: it compares many more candidates (profile
+#: half-life x count half-life x weight), each a top-k over every item.
+MAX_PROFILE_PERIOD_USERS = 1000
+
+
+@dataclass(frozen=True)
+class ProfileChoice:
+    """The profile recipe's chosen settings and the evidence (Recall@10 per candidate), as `RecencyChoice`."""
+
+    profile_half_life_days: float | None
+    half_life_days: float | None
+    weight: float | None
+    recall: dict[tuple[float, float, float], float]
+    periods: int
+    users: int
+    holdout_start: float | None
+
+    def to_record(self) -> dict:
+        chosen = None if self.weight is None else {"profile_half_life_days": self.profile_half_life_days,
+                                                   "half_life_days": self.half_life_days, "weight": self.weight}
+        return {"chosen": chosen,
+                "recall@10": {f"profile {p:g}d count {h:g}d w={w:g}": r for (p, h, w), r in self.recall.items()},
+                "periods": self.periods, "users": self.users, "holdout_start": self.holdout_start}
+
+
+def choose_profile_recipe(users: np.ndarray, items: np.ndarray, times: np.ndarray, *, period_starts: np.ndarray,
+                          user_created: np.ndarray, item_created: np.ndarray, weights: Sequence[float],
+                          half_lives: Sequence[float], profile_half_lives: Sequence[float], min_users: int,
+                          prior: float, dim: int, alpha: float, l2: float, iterations: int, seed: int,
+                          interaction_weights: np.ndarray | None = None) -> ProfileChoice:
+    """`choose_recency` for the profile recipe (`pipeline.profiles`): the holdout replayed as the nightly steps
+    would run it (score, then solve the period's new items against the queries and add the period to the
+    profiles and counts), for every (profile half-life, count half-life, weight); best Recall@10 wins, ties to the
+    smaller weight, then the longer half-lives. Items arriving in a period are not candidates in it (a log without
+    a catalogue feed announces an item by its first interaction). Arguments as `choose_recency`."""
+    from threadpoolctl import threadpool_limits
+
+    from accrete.models import ials
+    from accrete.pipeline import profiles as profiles_mod, scoring
+
+    users, items, times = (np.asarray(a) for a in (users, items, times))
+    strength = np.ones(len(users)) if interaction_weights is None else np.asarray(interaction_weights, np.float64)
+    period_of = np.searchsorted(period_starts, times, side="right") - 1
+    period_users = [len(np.unique(users[period_of == p])) for p in range(len(period_starts))]
+    n_holdout = holdout_periods(period_users, min_users)
+    pairs = sorted({(float(h), float(w)) for h in half_lives for w in weights})
+    profile_lives = sorted({float(p) for p in profile_half_lives})
+    in_creation_order = bool(np.all(np.diff(user_created) >= 0) and np.all(np.diff(item_created) >= 0))
+    if n_holdout == 0 or not pairs or not profile_lives or not in_creation_order:
+        return ProfileChoice(None, None, None, {}, 0, 0, None)
+    first = len(period_starts) - n_holdout
+    start = float(period_starts[first])
+    n_users, n_items = len(user_created), len(item_created)
+
+    before = times < start
+    _, fitted = ials.fit(ials.interaction_matrix(users[before], items[before], (n_users, n_items)), dim=dim,
+                         alpha=alpha, l2=l2, iterations=min(iterations, FIT_ITERATIONS), seed=seed)
+    fitted[np.bincount(items[before], minlength=n_items) == 0] = 0.0  # solved from their first period on
+    vectors = {p: fitted.copy() for p in profile_lives}
+    state = {p: profiles_mod.build(n_users, users[before], items[before], times[before], fitted, anchor_s=start,
+                                   half_life_days=p, weights=strength[before]) for p in profile_lives}
+    half_lives_used = sorted({h for h, _ in pairs})
+    counts = {h: _arrive(np.full(n_items, -np.inf), np.flatnonzero((item_created < start) & (np.arange(n_items) > 0)),
+                         item_created, prior, start, h) for h in half_lives_used}
+    counts = {h: recency.accumulate(c, items[before], times[before], anchor_s=start, half_life_days=h)
+              for h, c in counts.items()}
+
+    candidates = [(p, h, w) for p in profile_lives for h, w in pairs]
+    hits = dict.fromkeys(candidates, 0.0)
+    evaluated = 0
+    rng = np.random.default_rng(seed)
+    history_users, history_items = users[before], items[before]
+    with threadpool_limits(1, "blas"):
+        for p in range(first, len(period_starts)):
+            in_p = period_of == p
+            p_users, p_items = users[in_p], items[in_p]
+            p_start = float(period_starts[p])
+            n_old_items = int(np.searchsorted(item_created, p_start, side="left"))
+            counts = {h: _arrive(c, np.arange(n_old_items, n_items)[item_created[n_old_items:] < (
+                float(period_starts[p + 1]) if p + 1 < len(period_starts) else np.inf)], item_created, prior, start, h)
+                      for h, c in counts.items()}
+            seen = evaluation.seen_matrix(history_users, history_items, n_users, n_items)
+            excluded = np.arange(n_old_items, n_items)  # arriving this period, or later
+            scored = _sample_users(p_users, MAX_PROFILE_PERIOD_USERS, rng)
+            metrics: dict = {"users": 0}
+            for life in profile_lives:
+                table = scoring.of_tables("cosine", state[life].queries, vectors[life], None)
+                for h, w in pairs:
+                    term = recency.score_term(counts[h], w)
+                    scorer = scoring.Scoring("cosine", table.queries, table.keys, term).scores
+                    metrics = evaluation.evaluate_prequential(scorer, test_users=p_users[scored],
+                                                              test_items=p_items[scored], n_items=n_items, seen=seen,
+                                                              ks=(10,), excluded_items=excluded)
+                    hits[life, h, w] += metrics["recall@10"] * metrics["users"] if metrics["users"] else 0.0
+            evaluated += int(metrics["users"])
+            for life in profile_lives:
+                vectors[life] = profiles_mod.solve_items(vectors[life], state[life], p_users, p_items, n_old_items,
+                                                alpha=alpha, l2=l2)
+                state[life], _ = profiles_mod.add_interactions(state[life], p_users, p_items, times[in_p],
+                                                               vectors[life], anchor_s=start, half_life_days=life,
+                                                               weights=strength[in_p])
+            counts = {h: recency.accumulate(c, p_items, times[in_p], anchor_s=start, half_life_days=h)
+                      for h, c in counts.items()}
+            history_users = np.concatenate([history_users, p_users])
+            history_items = np.concatenate([history_items, p_items])
+    if evaluated == 0:
+        return ProfileChoice(None, None, None, {}, n_holdout, 0, start)
+    recall = {c: hits[c] / evaluated for c in candidates}
+    life, half_life, weight = max(candidates, key=lambda c: (recall[c], -c[2], c[1], c[0]))
+    return ProfileChoice(life, half_life, weight, recall, n_holdout, evaluated, start)
+
