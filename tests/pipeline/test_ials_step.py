@@ -1,5 +1,6 @@
-"""The default nightly path (iALS): item rows frozen byte for byte, new rows and active users solved in
-closed form, the time-aware term moving only where interactions arrived, and one scoring everywhere."""
+"""The iALS nightly path with solved user vectors (user_policy = refold_active / frozen): item rows frozen byte
+for byte, new rows and active users solved in closed form, the time-aware term moving only where interactions
+arrived, and one scoring everywhere. The default, profile, path: tests/pipeline/test_profile_step.py."""
 from __future__ import annotations
 
 import datetime as dt
@@ -20,7 +21,8 @@ from accrete.pipeline.synthetic import generate_world
 
 # The weight is fixed (not chosen by the retrain, tests/pipeline/test_tuning.py): on this taste-driven world the
 # retrain would choose 0 and the term these tests follow would vanish.
-CONFIG = AccreteConfig().replace(model={"dim": 8, "ials_iterations": 5, "recency_weight_candidates": ()})
+CONFIG = AccreteConfig().replace(model={"dim": 8, "ials_iterations": 5, "recency_weight_candidates": (),
+                                        "user_policy": "refold_active"})
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +48,9 @@ def stepped(world, tmp_path_factory) -> dict:
     return {"refold": Store(root / "a"), "frozen": Store(root / "b"), "partition": partition, "date": dates[1]}
 
 
-def test_the_default_generation_is_ials_with_the_recency_term_recorded(stepped):
+def test_an_ials_generation_records_its_recency_term_and_dot_scoring(stepped):
     manifest = stepped["refold"].manifest(1)
-    assert manifest["objective"] == "ials"
+    assert manifest["objective"] == "ials" and manifest["scoring"] == "dot"
     assert manifest["recency"] == {"anchor": manifest["as_of"], "half_life_days": 120.0, "weight": 5.0, "prior": 1.0,
                                    "prior_learned": True}
 
