@@ -165,6 +165,7 @@ class Step:
     objective: str = "ials"
     scoring: str = "dot"
     profiles: profiles_mod.Profiles | None = None
+    young: profiles_mod.YoungInteractions | None = None
     warnings: list[str] = field(default_factory=list)
     recency: dict[str, Any] | None = None
     log_counts: np.ndarray | None = None
@@ -417,6 +418,8 @@ def train_new_rows(step: Step) -> None:
     users, items = step.users, step.items
     step.user_from = trainable_boundary(state.user_vocab, step.date, step.applied, model.warmup_days)
     step.item_from = trainable_boundary(state.item_vocab, step.date, step.applied, model.warmup_days)
+    if step.scoring == "cosine":  # young items re-solve from all their interactions for their first periods
+        step.item_from = trainable_boundary(state.item_vocab, step.date, step.applied, model.young_item_periods - 1)
     # Under iALS with profiles or refold_active, active existing users move by design (measured:
     # user_cosine_shift): users are the query side.
     users_move = step.objective == "ials" and (step.scoring == "cosine" or model.user_policy == "refold_active")
@@ -456,15 +459,20 @@ def train_new_rows(step: Step) -> None:
 
 
 def _profile_step(step: Step) -> dict[str, Any]:
-    """The profile recipe's night: the new item rows solved in closed form against the users' queries (existing
-    item rows are never written), then the night's interactions added to its users' profiles (new users get
-    theirs). Costs the night's interactions, not the tables."""
+    """The profile recipe's night: the young item rows (created in the last `model.young_item_periods` periods,
+    tonight's included) solved in closed form against the users' queries from every interaction they have had
+    (kept with the version: they are few), older item rows never written; then the night's interactions added to
+    its users' profiles (new users get theirs). Costs the night's and the young items' interactions, not the
+    tables or the history."""
     state, model = step.state, step.config.model
     assert step.profiles is not None and step.recency is not None
     clock = time.perf_counter()
-    state.item_vectors = profiles_mod.solve_items(state.item_vectors, step.profiles.grown(step.n_users), step.users,
-                                                  step.items, step.n_old_items, alpha=model.ials_alpha,
+    young = profiles_mod.YoungInteractions.from_reference(state.reference).since(step.item_from).plus(
+        step.users, step.items, step.weights, step.item_from)
+    state.item_vectors = profiles_mod.solve_items(state.item_vectors, step.profiles.grown(step.n_users), young.users,
+                                                  young.items, step.item_from, alpha=model.ials_alpha,
                                                   l2=model.ials_l2)
+    step.young = young
     before = step.profiles.grown(step.n_users)
     step.profiles, touched = profiles_mod.add_interactions(
         before, step.users, step.items, step.times, state.item_vectors,
@@ -476,6 +484,7 @@ def _profile_step(step: Step) -> dict[str, Any]:
                        step.profiles.queries[existing].astype(np.float64))
     return {"users_profiled": int(len(touched)), "users_new_profiles": int(len(touched) - len(existing)),
             "items_folded_in": int(len(np.unique(step.items[step.items >= step.n_old_items]))),
+            "young_items_solved": int(len(np.unique(young.items))),
             "user_cosine_shift": float(np.mean(1.0 - cosine)) if len(cosine) else float("nan"),
             "seconds": time.perf_counter() - clock}
 
@@ -549,6 +558,8 @@ def measure_drift(step: Step) -> None:
             state.reference["arrival_sums"] = step.arrival_sums
     if step.profiles is not None:
         state.reference.update(profiles_mod.to_reference(step.profiles.grown(n_users)))
+    if step.young is not None:
+        state.reference.update(step.young.to_reference())
     if "rating_edges" in ref:
         state.reference["rating_edges"] = ref["rating_edges"]
     if partition.has_ratings:

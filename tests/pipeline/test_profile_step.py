@@ -18,7 +18,10 @@ from accrete.pipeline.retrain import run_full_retrain
 from accrete.pipeline.store import Store
 from accrete.pipeline.synthetic import generate_world
 
-CONFIG = AccreteConfig().replace(model={"dim": 8, "ials_iterations": 5, "recency_weight_candidates": ()})
+# young_item_periods = 1: an item's row freezes after its first night, so the kept profiles equal a rebuild (a
+# longer window re-solves young items later, after profiles took in their earlier vectors: see the last test).
+CONFIG = AccreteConfig().replace(model={"dim": 8, "ials_iterations": 5, "recency_weight_candidates": (),
+                                        "young_item_periods": 1})
 
 
 @pytest.fixture(scope="module")
@@ -119,3 +122,24 @@ def test_items_only_the_nights_interactions_announce_are_not_candidates(world, t
     announced = run_incremental_step(world, tmp_path / "t", config=config).manifest["metrics"]
     assert silent["recall@10/new_items"] == 0.0
     assert announced["recall@10/new_items"] > 0.0
+
+
+def test_young_items_are_re_solved_from_all_their_interactions_then_frozen(world, tmp_path):
+    config = CONFIG.replace(model={"young_item_periods": 2})
+    dates = contract.list_partitions(world)
+    run_full_retrain(world, tmp_path / "s", dates[0], config=config)
+    store = Store(tmp_path / "s")
+    for _ in range(3):
+        run_incremental_step(world, tmp_path / "s", config=config)
+    for version in (3, 4):
+        before, after = store.load(version - 1), store.load(version)
+        frozen_from = after.manifest["rows"]["item_trainable_from"]
+        assert frozen_from == before.manifest["rows"]["item"] - before.manifest["rows"]["item_new"]  # yesterday's
+        assert after.item_vectors[:frozen_from].tobytes() == before.item_vectors[:frozen_from].tobytes()
+        young = profiles.YoungInteractions.from_reference(after.reference)
+        assert (young.items >= frozen_from).all() and len(young.items) > 0
+        # Yesterday's items that got interactions tonight moved: re-solved from both nights.
+        tonight = np.unique(after.item_vocab.lookup(_night(world, store, version)["item_id"]))
+        yesterdays = tonight[(tonight >= frozen_from) & (tonight < len(before.item_vectors))]
+        moved = (after.item_vectors[yesterdays] != before.item_vectors[yesterdays]).any(axis=1)
+        assert moved.all() and len(yesterdays) > 0
