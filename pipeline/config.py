@@ -163,6 +163,10 @@ class DriftConfig:
     # collapse detector. On a stationary synthetic world, growth alone (ever more users whose rows trained
     # on their first day only) takes the ratio to 0.47 within 42 days (docs/drift.md); a shift, below 0.3.
     quality_ratio_min: float | None = 0.35
+    # Retrain when the smoothed lift of Recall@10 over the decayed-popularity control (scored on the same users in
+    # the same evaluation: a hard week lowers both) falls below this fraction of its level after the last retrain:
+    # the aging detector (docs/drift.md: chosen on both real datasets).
+    lift_ratio_min: float | None = 0.8
     quality_smoothing_steps: int = 3
     stale_row_share: float | None = None
     stale_interaction_share: float | None = None
@@ -170,6 +174,8 @@ class DriftConfig:
     patience: int = 2
     cooldown_days: int = 7
     max_days_since_full_retrain: int = 90
+    # The age cap in the data's periods (steps since the last retrain); None: only the cap in days.
+    max_periods_since_full_retrain: int | None = None
     # The drift reference after a full retrain: its training data from the last `reference_days` days up
     # to the as-of date (with 1, the as-of period alone); every incremental partition since is added.
     # Short on purpose: after a shift-triggered retrain, a long reference still holds the old regime and
@@ -276,6 +282,8 @@ class AccreteConfig:
             (self.drift.quality_smoothing_steps >= 1, "[drift] quality_smoothing_steps must be >= 1"),
             (self.drift.cooldown_days >= 0, "[drift] cooldown_days must be >= 0"),
             (self.drift.max_days_since_full_retrain >= 1, "[drift] max_days_since_full_retrain must be >= 1"),
+            (self.drift.max_periods_since_full_retrain is None or self.drift.max_periods_since_full_retrain >= 1,
+             "[drift] max_periods_since_full_retrain must be >= 1"),
         ]
         for ok, message in checks:
             if not ok:

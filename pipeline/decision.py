@@ -35,6 +35,7 @@ THRESHOLD_DIRECTIONS: dict[str, str] = {
     "new_user_share": "above",
     "new_item_share": "above",
     "quality_ratio": "below",
+    "lift_ratio": "below",
     "stale_row_share": "above",
     "stale_interaction_share": "above",
     "new_row_norm_ratio": "above",
@@ -42,7 +43,7 @@ THRESHOLD_DIRECTIONS: dict[str, str] = {
 
 #: `DriftConfig` field holding each metric's threshold (the same name, except quality's minimum).
 THRESHOLD_FIELDS: dict[str, str] = {metric: metric for metric in THRESHOLD_DIRECTIONS} | {
-    "quality_ratio": "quality_ratio_min"}
+    "quality_ratio": "quality_ratio_min", "lift_ratio": "lift_ratio_min"}
 
 
 def thresholds_from_config(config: DriftConfig) -> dict[str, float | None]:
@@ -122,7 +123,7 @@ def fired_reasons(reasons: str | list[str]) -> list[str]:
 
 
 def decide(metrics: dict[str, float], *, previous_streaks: dict[str, int], days_since_full_retrain: int,
-           config: DriftConfig) -> RetrainDecision:
+           config: DriftConfig, periods_since_full_retrain: int | None = None) -> RetrainDecision:
     """Decide whether to run a full retrain after this step.
 
     Rules, in order:
@@ -137,7 +138,8 @@ def decide(metrics: dict[str, float], *, previous_streaks: dict[str, int], days_
        (``days_since_full_retrain < cooldown_days``) is suppressed, and the reasons say so; the streak
        keeps counting, so persistent drift retrains as soon as the cooldown ends. This bounds the cost
        when a shift is still unfolding right after a retrain.
-    5. Age cap: ``days_since_full_retrain >= config.max_days_since_full_retrain`` always retrains.
+    5. Age cap: ``days_since_full_retrain >= config.max_days_since_full_retrain``, or
+       ``periods_since_full_retrain >= config.max_periods_since_full_retrain`` (when set), always retrains.
 
     After a full retrain the caller passes empty `previous_streaks`.
 
@@ -171,6 +173,10 @@ def decide(metrics: dict[str, float], *, previous_streaks: dict[str, int], days_
         retrain = True
         reasons.append(f"age: {days_since_full_retrain} days since last full retrain "
                        f">= {config.max_days_since_full_retrain}")
+    cap = config.max_periods_since_full_retrain
+    if cap is not None and periods_since_full_retrain is not None and periods_since_full_retrain >= cap:
+        retrain = True
+        reasons.append(f"age: {periods_since_full_retrain} periods since last full retrain >= {cap}")
     if fired and days_since_full_retrain < config.cooldown_days:
         reasons.extend(f"cooldown: {text} suppressed, {days_since_full_retrain} days since last full retrain "
                        f"< {config.cooldown_days}" for text in fired)

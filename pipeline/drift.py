@@ -29,10 +29,13 @@ METRIC_KEYS: tuple[str, ...] = (
     "psi_user_activity",
     "rating_js_divergence",
     "quality_ratio",
+    "lift_ratio",
+    "lift_at_10",
     "recall_at_10",
     "stale_row_share",
     "stale_interaction_share",
     "days_since_full_retrain",
+    "periods_since_full_retrain",
     "new_row_norm_ratio",
 )
 
@@ -351,6 +354,19 @@ def quality_ratio(recall_history: Sequence[float] | np.ndarray, smoothing_steps:
     return float(np.nanmean(window) / baseline)
 
 
+def lift_ratio(lift_history: Sequence[float] | np.ndarray, smoothing_steps: int) -> float:
+    """The model's lift over its decayed-popularity control, relative to the lift just after the last retrain.
+
+    Why: a hard week (a holiday, a catalogue change) lowers the Recall@10 of every ranker, so `quality_ratio`
+    mixes aging with the week; the popularity control is scored on the same users in the same prequential
+    evaluation, so the lift `recall / control recall` cancels the week and falls only when the model's
+    personal part ages (frozen item vectors drifting away from what users now mean).
+
+    Formula: `quality_ratio` over ``lift_history`` (each step's ``lift@10``).
+    """
+    return quality_ratio(lift_history, smoothing_steps)
+
+
 def staleness_share(added_since_retrain: int, total: int) -> float:
     """Share of a whole that arrived since the last full retrain (rows or interactions).
 
@@ -453,6 +469,8 @@ class DriftInputs:
     item_vectors: np.ndarray
     item_added_since_retrain: np.ndarray
     rating_edges: np.ndarray | None = None
+    lift_history: Sequence[float] = ()
+    periods_since_retrain: int = 0
 
     def __post_init__(self) -> None:
         n = len(self.user_rows)
@@ -494,6 +512,7 @@ def compute_drift_metrics(inputs: DriftInputs, config: DriftConfig) -> dict[str,
         partition_hist, _ = rating_histogram(inputs.ratings, edges, source=f"partition {inputs.date}")
         js = rating_js_divergence(inputs.reference_rating_hist, partition_hist, min_interactions)
     history = np.asarray(inputs.recall_history, dtype=np.float64)
+    lifts = np.asarray(inputs.lift_history, dtype=np.float64)
     return {
         "new_user_share": share_new(inputs.is_new_user),
         "new_item_share": share_new(inputs.is_new_item),
@@ -503,11 +522,14 @@ def compute_drift_metrics(inputs: DriftInputs, config: DriftConfig) -> dict[str,
                                             config.psi_bins, config.psi_floor, min_interactions),
         "rating_js_divergence": js,
         "quality_ratio": quality_ratio(history, config.quality_smoothing_steps),
+        "lift_ratio": lift_ratio(lifts, config.quality_smoothing_steps),
+        "lift_at_10": float(lifts[-1]) if lifts.size else math.nan,
         "recall_at_10": float(history[-1]) if history.size else math.nan,
         "stale_row_share": staleness_share(
             inputs.user_rows_added_since_retrain + inputs.item_rows_added_since_retrain,
             inputs.user_rows_total + inputs.item_rows_total),
         "stale_interaction_share": staleness_share(inputs.interactions_since_retrain, inputs.interactions_total),
         "days_since_full_retrain": float(inputs.days_since_retrain),
+        "periods_since_full_retrain": float(inputs.periods_since_retrain),
         "new_row_norm_ratio": norm_ratio(inputs.item_vectors, inputs.item_added_since_retrain),
     }

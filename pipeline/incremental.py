@@ -521,6 +521,8 @@ def measure_drift(step: Step) -> None:
     measured = step.metrics.get("users", 0) >= config.drift.min_evaluated_users
     recall_history = [*parent_state.get("recall_history", []),
                       float(step.metrics.get("recall@10", np.nan)) if measured else float("nan")]
+    lift_history = [*parent_state.get("lift_history", []),
+                    float(step.metrics.get("lift@10", np.nan)) if measured else float("nan")]
     retrain_info = parent_state.get("last_full_retrain", {})
     retrain_date = dt.date.fromisoformat(retrain_info["date"]) if retrain_info else min(step.applied)
     rows_at_retrain = parent_state.get("rows_at_retrain", {"user": step.n_old_users, "item": step.n_old_items})
@@ -540,12 +542,14 @@ def measure_drift(step: Step) -> None:
         item_rows_added_since_retrain=n_items - rows_at_retrain["item"],
         interactions_since_retrain=interactions_since, interactions_total=interactions_total,
         days_since_retrain=(step.date - retrain_date).days,
-        item_vectors=state.item_vectors, item_added_since_retrain=item_added, rating_edges=rating_edges)
+        item_vectors=state.item_vectors, item_added_since_retrain=item_added, rating_edges=rating_edges,
+        lift_history=lift_history, periods_since_retrain=len(recall_history))
     step.drift_metrics = drift_mod.compute_drift_metrics(drift_inputs, config.drift)
     step.verdict = decision_mod.decide(step.drift_metrics, previous_streaks=parent_state.get("streaks", {}),
-                                       days_since_full_retrain=(step.date - retrain_date).days, config=config.drift)
+                                       days_since_full_retrain=(step.date - retrain_date).days, config=config.drift,
+                                       periods_since_full_retrain=len(recall_history))
     step.drift_state = {
-        "recall_history": recall_history, "streaks": step.verdict.streaks,
+        "recall_history": recall_history, "lift_history": lift_history, "streaks": step.verdict.streaks,
         "last_full_retrain": retrain_info or {"version": step.parent["version"], "date": retrain_date.isoformat()},
         "rows_at_retrain": rows_at_retrain, "interactions_since_retrain": interactions_since,
         "interactions_total": interactions_total}

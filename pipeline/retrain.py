@@ -241,7 +241,7 @@ def _full_retrain(config: AccreteConfig, data_dir: Path, store: Store, as_of: dt
         "compaction": compacted,
         "frozen_checksum": {"user": sha256_of_array(state.user_vectors[:0]), "item": sha256_of_array(state.item_vectors[:0])},
         "metrics": {},
-        "drift_state": {"recall_history": [], "streaks": {},
+        "drift_state": {"recall_history": [], "lift_history": [], "streaks": {},
                         "last_full_retrain": {"version": version, "date": as_of.isoformat()},
                         "rows_at_retrain": {"user": n_users, "item": n_items},
                         "interactions_since_retrain": 0, "interactions_total": int(training_data.num_rows)},

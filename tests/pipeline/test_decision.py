@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from accrete.pipeline.config import DriftConfig
+from accrete.pipeline.config import AccreteConfig, DriftConfig
 from accrete.pipeline.decision import (
     HISTORY_SCHEMA,
     THRESHOLD_DIRECTIONS,
@@ -26,7 +26,7 @@ CONFIG = DriftConfig(psi_item_popularity=0.25, quality_ratio_min=0.7, patience=2
 
 def calm_metrics(**overrides: float) -> dict[str, float]:
     """A step with every metric measured and nothing past its default threshold."""
-    metrics = {key: 0.0 for key in METRIC_KEYS} | {"quality_ratio": 1.0, "recall_at_10": 0.2,
+    metrics = {key: 0.0 for key in METRIC_KEYS} | {"quality_ratio": 1.0, "lift_ratio": 1.0, "recall_at_10": 0.2,
                                                    "days_since_full_retrain": 30.0, "new_row_norm_ratio": 1.0}
     return metrics | overrides
 
@@ -247,3 +247,22 @@ def test_fired_reasons_leave_out_waiting_and_cooldown_notes():
     assert fired_reasons(reasons) == reasons[:1]
     assert fired_reasons("; ".join(reasons)) == reasons[:1]
     assert fired_reasons("") == []
+
+
+def test_an_aging_model_retrains_on_its_lift_over_popularity_and_a_hard_week_does_not():
+    config = AccreteConfig().drift
+    aging = decide(calm_metrics(lift_ratio=0.6), previous_streaks={"lift_ratio": 1}, days_since_full_retrain=30,
+                   config=config)
+    assert aging.retrain and any(reason.startswith("lift_ratio 0.6 < 0.8") for reason in aging.reasons)
+    # A hard week: recall falls for the model and its control alike, so the lift holds.
+    hard_week = decide(calm_metrics(quality_ratio=0.5, lift_ratio=1.02), previous_streaks={}, days_since_full_retrain=30,
+                       config=config)
+    assert not hard_week.retrain
+
+
+def test_the_age_cap_in_periods():
+    config = AccreteConfig().replace(drift={"max_periods_since_full_retrain": 12}).drift
+    assert decide(calm_metrics(), previous_streaks={}, days_since_full_retrain=30, config=config,
+                  periods_since_full_retrain=12).reasons == ["age: 12 periods since last full retrain >= 12"]
+    assert not decide(calm_metrics(), previous_streaks={}, days_since_full_retrain=30, config=config,
+                      periods_since_full_retrain=11).retrain
