@@ -477,7 +477,7 @@ def _profile_step(step: Step) -> dict[str, Any]:
     step.profiles, touched = profiles_mod.add_interactions(
         before, step.users, step.items, step.times, state.item_vectors,
         anchor_s=seconds(dt.date.fromisoformat(step.recency["anchor"])),
-        half_life_days=float(step.recency["profile_half_life_days"]), weights=step.weights)
+        half_life_days=float(step.recency["profile_half_life_days"]))
     state.user_vectors = step.profiles.queries
     existing = touched[(touched < step.n_old_users) & np.isfinite(before.log_norms[touched])]
     cosine = np.einsum("ij,ij->i", before.queries[existing].astype(np.float64),

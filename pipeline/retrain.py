@@ -25,7 +25,7 @@ from accrete.pipeline.recency import add_interactions, add_vocabulary_arrivals, 
 from accrete.pipeline.reservoir import ReplayReservoir
 from accrete.pipeline.sgd import train_sgd
 from accrete.pipeline.store import ModelState, Store, _json_default, sha256_of_array
-from accrete.pipeline.tables import (empty_tokens, ids_of, interaction_arrays, interaction_rows_kept, interaction_weights,
+from accrete.pipeline.tables import (empty_tokens, ids_of, interaction_arrays, interaction_rows_kept,
                                      seed_for, tokens_table)
 from accrete.pipeline.vocabulary import Vocabulary
 
@@ -57,8 +57,7 @@ def _choose_recency(config: AccreteConfig, training_data: pa.Table, user_vocab: 
             item_created=item_created, weights=model.weight_candidates, half_lives=half_lives,
             profile_half_lives=model.profile_half_life_candidates or (model.profile_half_life_days,),
             min_users=model.recency_tune_min_users, prior=prior, dim=model.dim, alpha=model.ials_alpha,
-            l2=model.ials_l2, iterations=model.ials_iterations, seed=seed,
-            interaction_weights=interaction_weights(training_data)[keep])
+            l2=model.ials_l2, iterations=model.ials_iterations, seed=seed)
     return tuning.choose_recency(
         users[keep], items[keep], times[keep], period_starts=period_starts, user_created=user_created,
         item_created=item_created, weights=model.weight_candidates, half_lives=half_lives,
@@ -190,7 +189,7 @@ def _full_retrain(config: AccreteConfig, data_dir: Path, store: Store, as_of: dt
             progress(f"user profiles (half-life {recency['profile_half_life_days']:g} days)")
             profile = profiles.build(n_users, users, items, training_data["timestamp"].to_numpy()[keep_rows].astype(
                 np.float64), state.item_vectors, anchor_s=seconds(as_of),
-                half_life_days=recency["profile_half_life_days"], weights=interaction_weights(training_data)[keep_rows])
+                half_life_days=recency["profile_half_life_days"])
             state.user_vectors = profile.queries
         training = {"seconds": time.perf_counter() - started, "iterations": config.model.ials_iterations}
     else:
