@@ -138,6 +138,9 @@ class EvalConfig:
     user_batch: int = 2048
     # The "young items" slice: items created in the last this many applied periods, scored in the next.
     young_periods: int = 2
+    # A nightly step scores at most this many of the night's users (drawn at random, seeded by the date), so that
+    # its evaluation costs the same on a busy night; None scores every user.
+    max_users: int | None = 5000
 
 
 @dataclass(frozen=True)

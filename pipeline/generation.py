@@ -82,6 +82,8 @@ def generation_setting_changes(config: AccreteConfig, manifest: dict[str, Any], 
         configured = recency_settings(config, dt.date.fromisoformat(stored["anchor"]))
         tuned = (stored.get("tuning") or {}).get("chosen") is not None  # chosen by the retrain, not configured
         for key in ("prior", "prior_learned") if tuned else ("half_life_days", "weight", "prior", "prior_learned"):
+            if key == "weight" and config.model.recency_weight is None:
+                continue  # not set: the default follows the generation's user policy
             if key in configured and configured[key] != stored.get(key, False):
                 notes.append(f"model.recency_{key} = {_setting(configured[key])} in the configuration, but this "
                              f"generation uses {_setting(stored.get(key, False))}")
@@ -91,3 +93,15 @@ def generation_setting_changes(config: AccreteConfig, manifest: dict[str, Any], 
 
 def _setting(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else f"{value:g}"
+
+
+def user_policy(config: AccreteConfig, manifest: dict[str, Any]) -> str:
+    """The user policy a nightly step of this generation follows: "profile" in a generation that scores profiles;
+    in one that scores solved user vectors (written before profiles, or by a retrain told to), the configured
+    solved-user policy, else the one its last version recorded, else "refold_active" (the earlier default)."""
+    if manifest.get("scoring") == "cosine":
+        return "profile"
+    for policy in (config.model.user_policy, ((manifest.get("config") or {}).get("model") or {}).get("user_policy")):
+        if policy in ("refold_active", "frozen"):
+            return str(policy)
+    return "refold_active"

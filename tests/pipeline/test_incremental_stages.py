@@ -67,7 +67,10 @@ def test_read_generation_settings_takes_the_objective_and_time_aware_term_of_the
     step = _through(_step(*paths), extend_vocabularies, add_cold_rows, read_generation_settings)
     assert step.objective == step.parent["objective"] == "ials"
     assert step.recency == step.parent["recency"] and step.log_counts is not None
-    assert step.warnings == []
+    # The fixture store was written before user profiles: it keeps scoring its solved user vectors (and says so).
+    assert step.scoring == "dot" and len(step.warnings) == 1 and "user_policy = 'profile'" in step.warnings[0]
+    assert _through(_step(*paths, AccreteConfig().replace(model={"user_policy": "refold_active"})),
+                    extend_vocabularies, add_cold_rows, read_generation_settings).warnings == []
     changed = _through(_step(*paths, AccreteConfig().replace(model={"dim": 8})), extend_vocabularies, add_cold_rows,
                        read_generation_settings)
     assert any("dim" in warning for warning in changed.warnings)

@@ -80,7 +80,7 @@ def test_a_nightly_step_names_the_settings_it_cannot_apply_and_keeps_the_stores(
     assert step.manifest["warnings"] == [
         "model.dim = 16 in the configuration, but the store's tables have dim 8: nightly steps keep the store's "
         "value until the next full retrain (`accrete retrain`)",
-        "model.recency_weight = 2 in the configuration, but this generation uses 5: nightly steps keep the "
+        "model.recency_weight = 2 in the configuration, but this generation uses 0.2: nightly steps keep the "
         "store's value until the next full retrain (`accrete retrain`)"]
     assert Store(store).load().item_vectors.shape[1] == 8
     assert run_incremental_step(world, store, dates[2], config=DUE_NEXT_STEP).manifest["warnings"] == []

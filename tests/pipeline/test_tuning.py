@@ -84,16 +84,20 @@ def retrained(tmp_path_factory):
     return store, steps
 
 
-def test_a_retrain_records_the_weight_it_chose_and_why(retrained):
+def test_a_retrain_records_the_recipe_it_chose_and_why(retrained):
     store, _ = retrained
     recency = Store(store).manifest(1)["recency"]
     tuning = recency["tuning"]
-    assert tuning["chosen"] == {"weight": recency["weight"], "half_life_days": recency["half_life_days"]}
+    assert tuning["chosen"] == {"weight": recency["weight"], "half_life_days": recency["half_life_days"],
+                                "profile_half_life_days": recency["profile_half_life_days"]}
     assert tuning["periods"] >= 1 and tuning["users"] >= 200
-    pairs = [(h, w) for h in (7.0, 30.0, 120.0) for w in CANDIDATES]  # the configured candidates
-    assert set(tuning["recall@10"]) == {f"{h:g}d w={w:g}" for h, w in pairs}
+    model = AccreteConfig().model  # the default candidates: profile half-life x count half-life x weight
+    assert set(tuning["recall@10"]) == {f"profile {p:g}d count {h:g}d w={w:g}"
+                                        for p in model.profile_half_life_candidates
+                                        for h in model.recency_half_life_candidates for w in model.weight_candidates}
     best = max(tuning["recall@10"].values())
-    assert tuning["recall@10"][f"{recency['half_life_days']:g}d w={recency['weight']:g}"] == best
+    chosen = f"profile {recency['profile_half_life_days']:g}d count {recency['half_life_days']:g}d w={recency['weight']:g}"
+    assert tuning["recall@10"][chosen] == best
 
 
 def test_after_a_retrain_new_items_are_recommended_far_above_a_random_ranking(retrained):
