@@ -44,7 +44,9 @@ QUALITY_SMOOTHING = 7
 NORM_BINS = 40
 
 _SLICES = (("", "all users", "#222222"), ("/existing", "existing", "#1f77b4"),
-           ("/new_users", "new users", "#ff7f0e"), ("/new_items", "new items", "#2ca02c"))
+           ("/new_users", "new users", "#ff7f0e"), ("/new_items", "new items", "#2ca02c"),
+           ("/young_items", "young items", "#9467bd"), ("/young_items/control", "young items, popularity", "#c5b0d5"),
+           ("/control", "popularity control", "#7f7f7f"))
 _RETRAIN_COLOR = "#d62728"
 _BREACH_COLOR = "#d62728"
 _OK_COLOR = "#1f77b4"

@@ -22,7 +22,8 @@ import scipy.sparse as sp
 Scorer = Callable[[np.ndarray], np.ndarray]
 
 #: The metrics a step's summary shows first (status, the flows' artifacts and logs), from `evaluate_prequential`.
-HEADLINE_METRICS = ("recall@10", "ndcg@10", "recall@10/new_users", "recall@10/new_items", "coverage@10")
+HEADLINE_METRICS = ("recall@10", "ndcg@10", "recall@10/new_users", "recall@10/new_items", "recall@10/young_items",
+                    "recall@10/young_items/control", "lift@10", "coverage@10")
 
 
 def uses_item_bias(objective: str, use_bias: bool) -> bool:

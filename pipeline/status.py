@@ -40,13 +40,13 @@ def format_status(status: dict[str, Any]) -> str:
              *([f"{status['quarantined_rows']:,} input rows quarantined in all (per version: quar. column; the rows "
                 f"and their reasons: versions/vNNNNNN/quarantine.parquet)"] if status["quarantined_rows"] else []),
              "", f"{'ver':>4} {'gen':>3} {'kind':<12} {'partition':<10} {'users':>8} {'items':>8} "
-                 f"{'R@10':>6} {'N@10':>6} {'R@10new':>7} {'quar.':>6}  notes"]
+                 f"{'R@10':>6} {'N@10':>6} {'R@10new':>7} {'young':>6} {'(pop)':>6} {'lift':>5} {'quar.':>6}  notes"]
     for v in status["versions"]:
         m = v["metrics"]
 
-        def fmt(key: str) -> str:
+        def fmt(key: str, digits: int = 3) -> str:
             value = m.get(key)
-            return f"{value:.3f}" if isinstance(value, (int, float)) and value == value else "-"
+            return f"{value:.{digits}f}" if isinstance(value, (int, float)) and value == value else "-"
 
         rows = v["rows"] or {}
         note = "; ".join(v["reasons"]) if v["retrain_due"] else ""
@@ -54,5 +54,6 @@ def format_status(status: dict[str, Any]) -> str:
             note = f"retrained: {v['retrain_reason']}"
         lines.append(f"{v['version']:>4} {v['generation']:>3} {v['kind']:<12} {v['partition']:<10} "
                      f"{rows.get('user', 0) - 1:>8,} {rows.get('item', 0) - 1:>8,} {fmt('recall@10'):>6} "
-                     f"{fmt('ndcg@10'):>6} {fmt('recall@10/new_items'):>7} {v['quarantined']:>6,}  {note}")
+                     f"{fmt('ndcg@10'):>6} {fmt('recall@10/new_items'):>7} {fmt('recall@10/young_items'):>6} "
+                     f"{fmt('recall@10/young_items/control'):>6} {fmt('lift@10', 2):>5} {v['quarantined']:>6,}  {note}")
     return "\n".join(lines)

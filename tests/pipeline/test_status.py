@@ -121,5 +121,5 @@ def test_status_counts_the_rows_each_version_quarantined(store, due_store, tmp_p
     assert [v["quarantined"] for v in status["versions"]] == [0, 0, 2] and status["quarantined_rows"] == 2
     text = format_status(status)
     assert "2 input rows quarantined in all" in text
-    assert text.splitlines()[-1].split()[9] == "2"  # the quar. column of the new version
+    assert text.splitlines()[-1].split()[12] == "2"  # the quar. column of the new version
     assert pq.read_table(Store(store).version_dir(3) / "quarantine.parquet").num_rows == 2
