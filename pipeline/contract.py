@@ -83,8 +83,17 @@ _INTERACTION_REASONS = (None, MISSING_ID, NULL_TIMESTAMP, TIMESTAMP_OUTSIDE_PERI
 _ENTITY_REASONS = (None, MISSING_ID, DUPLICATE_ID)
 
 # Attribute columns that are free text: one token per item would carry no shared signal for metadata init.
+# `text_words` turns such text into a list column of words, whose elements are tokens.
 FREE_TEXT_COLUMNS = ("title", "name", "description")
 NO_GENRES = "(no genres listed)"
+#: The list column of words a converter writes for an item's free text (`words=heart`, `words=holder`, ...).
+WORDS_COLUMN = "words"
+# Words shorter than this carry no product signal ("of", "a", "t" of "t-light", sizes like "xl").
+MIN_WORD_LENGTH = 3
+# Frequent English words of three letters or more that name nothing (and a catalogue's packaging words, "set of 6",
+# "pack of 12"): a shared token must say what an item is.
+STOP_WORDS = ("and", "the", "for", "with", "from", "this", "that", "are", "was", "its", "into", "per", "but", "not",
+              "you", "your", "our", "all", "any", "has", "have", "one", "two", "set", "pack")
 
 # How far past today (UTC) a partition may be dated: a day of slack for writers whose local date runs ahead of UTC.
 FUTURE_TOLERANCE = datetime.timedelta(days=1)
@@ -709,6 +718,35 @@ def read_partition(data_dir: str | Path, date: datetime.date, freq: str | None =
 # ----------------------------------------------------------------------------------------------- item metadata
 
 
+def text_words(text: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """The distinct words of each text, for metadata tokens: a `list<string>` array aligned with `text`.
+
+    Lower-cased; split on anything that is not a letter or digit; words shorter than `MIN_WORD_LENGTH`, numbers
+    (`72`) and `STOP_WORDS` dropped; each word once per text, in order of first appearance. A null text
+    gives an empty list. "WHITE HANGING HEART T-LIGHT HOLDER" gives `[white, hanging, heart, light, holder]`.
+    """
+    if isinstance(text, pa.ChunkedArray):
+        text = text.combine_chunks()
+    if pa.types.is_dictionary(text.type):
+        text = text.cast(text.type.value_type)
+    text = pc.fill_null(text.cast(pa.string()), "")
+    split = pc.split_pattern_regex(pc.utf8_lower(text), r"[^\p{L}\p{N}]+")
+    parents = pc.list_parent_indices(split).to_numpy()
+    words = pc.list_flatten(split)
+    usable = pc.and_(pc.greater_equal(pc.utf8_length(words), MIN_WORD_LENGTH),
+                     pc.invert(pc.or_(pc.utf8_is_numeric(words), pc.is_in(words, value_set=pa.array(STOP_WORDS)))))
+    usable_mask = usable.to_numpy(zero_copy_only=False)
+    parents, words = parents[usable_mask], words.filter(usable)
+    codes = pc.dictionary_encode(words).indices.to_numpy().astype(np.int64)
+    # First appearance of each (text, word) pair; parents are already in order, so the kept pairs stay grouped.
+    width = int(codes.max()) + 1 if len(codes) else 1
+    _, first = np.unique(parents.astype(np.int64) * width + codes, return_index=True)
+    first.sort()
+    counts = np.bincount(parents[first], minlength=len(text))
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), words.take(pa.array(first, pa.int64())))
+
+
 def item_attribute_tokens(items: pa.Table, *, columns: Sequence[str] | None = None,
                           exclude: Sequence[str] = FREE_TEXT_COLUMNS) -> tuple[pa.Array, list]:
     """The metadata tokens of each item, for metadata initialization of new item rows.
@@ -717,7 +755,8 @@ def item_attribute_tokens(items: pa.Table, *, columns: Sequence[str] | None = No
     `genres=Action` and `genres=Comedy`); list columns contribute each element; integers and booleans their
     decimal / `true` form. Null, empty and `"(no genres listed)"` values give no token. Floating-point columns
     (continuous values, no shared categories) and free-text columns in `exclude` are skipped unless named in
-    `columns`.
+    `columns`: free text reaches the tokens as the list column `words` a converter writes (`text_words`), one
+    `words=...` token per word.
 
     Args:
         items: a table with `item_id` and attribute columns (e.g. `Partition.items`).
