@@ -14,8 +14,9 @@ directory, a partition dated in the future) stops the run with a `DataContractEr
 the store's scale, a weight that is not a finite number > 0, exact duplicate of a rating) is set aside in a quarantine
 table with its reason, file and row number, and the run goes on. Implicit feedback (no rating) repeating a (user,
 item, timestamp) is one event told in several lines (the lines of one basket): they are aggregated into one row whose
-weight is their sum, and counted in the report's `aggregated`. data/README.md tabulates every class of bad input and why it is rejected, quarantined or accepted. All checks are vectorized (pyarrow.compute / numpy): no Python loop runs
-per row.
+weight is their sum, and counted in the report's `aggregated`. data/README.md tabulates every class of bad input
+and why it is rejected, quarantined, aggregated or accepted. All checks are vectorized (pyarrow.compute / numpy): no
+Python loop runs per row.
 """
 from __future__ import annotations
 
@@ -57,7 +58,6 @@ QUARANTINE_SCHEMA = pa.schema([
 ])
 #: The weight of an interaction whose file has no `weight` column (and of tables written before it existed).
 DEFAULT_WEIGHT = 1.0
-
 
 
 def with_weight(table: pa.Table) -> pa.Table:
