@@ -369,7 +369,9 @@ def main(argv: list[str] | None = None) -> int:
     seconds = bootstrap(data, work / "boot-tune", tune_dates[0], base)
     print(f"\ntuning: bootstrap full retrain before {tune_dates[0]}: {seconds:.1f} s; decayed popularity "
           f"half-life {half_life:g} d; Accrete weights {args.weights} at that half-life")
-    weights = [float(w) for w in args.weights.split(",") if w]
+    wanted = [v for v in args.variants.split(",") if v]
+    # The weight grid serves the accrete_fixed variant only; the defaults choose their own weight.
+    weights = [float(w) for w in args.weights.split(",") if w] if "accrete_fixed" in wanted else []
     auto = base.replace(model={"recency_half_life_days": half_life})
     bootstrap(data, work / "boot-tune", tune_dates[0], auto)
     tune_results["accrete auto weight"], _ = run_variant("auto", auto, data, work / "store-tune", work / "boot-tune",
@@ -381,7 +383,6 @@ def main(argv: list[str] | None = None) -> int:
         rows, _ = run_variant(f"w={weight:g}", config, data, work / "store-tune", work / "boot-tune", tune_dates,
                               verbose=False)
         tune_results[f"accrete weight={weight:g}"] = rows
-    wanted = [v for v in args.variants.split(",") if v]
     grid = [tuple(float(x) for x in point.split(",")) for point in args.retrieval_grid.split(";") if point]
     if "retrieval" in wanted:
         for learning_rate, temperature in grid:
@@ -392,7 +393,8 @@ def main(argv: list[str] | None = None) -> int:
             tune_results[f"retrieval lr={learning_rate:g} t={temperature:g}"] = rows
     tune_summary = summarize(tune_results)
     print_table(f"TUNING RANGE ({tune_dates[0]} .. {tune_dates[-1]}, {len(tune_dates)} weeks)", tune_summary)
-    best_weight = max(weights, key=lambda w: tune_summary[f"accrete weight={w:g}"]["recall@10"])
+    best_weight = max(weights, key=lambda w: tune_summary[f"accrete weight={w:g}"]["recall@10"]) if weights else \
+        base.model.recency_weight
     tuned = base.replace(model={"recency_weight": best_weight, "recency_half_life_days": half_life,
                                 "recency_weight_candidates": ()})
     best_retrieval = max(grid, key=lambda p: tune_summary.get(f"retrieval lr={p[0]:g} t={p[1]:g}", {})
