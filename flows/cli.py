@@ -88,7 +88,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
     _print(summary, args.json)
 
 
-_GENERIC_OPTIONS = ("user_col", "item_col", "time_col", "rating_col", "time_unit", "items", "users", "delimiter")
+_GENERIC_OPTIONS = ("user_col", "item_col", "time_col", "rating_col", "weight_col", "time_unit", "items", "users",
+                    "text_col", "delimiter")
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
@@ -108,9 +109,9 @@ def cmd_convert(args: argparse.Namespace) -> None:
     from accrete.pipeline.converters import convert_generic
 
     _print(convert_generic(args.path, args.out, user_col=args.user_col, item_col=args.item_col,
-                           time_col=args.time_col, rating_col=args.rating_col, time_unit=args.time_unit or "s",
-                           items=args.items, users=args.users, freq=args.freq, delimiter=args.delimiter,
-                           overwrite=args.overwrite), args.json)
+                           time_col=args.time_col, rating_col=args.rating_col, weight_col=args.weight_col,
+                           time_unit=args.time_unit or "s", items=args.items, users=args.users, text_col=args.text_col,
+                           freq=args.freq, delimiter=args.delimiter, overwrite=args.overwrite), args.json)
 
 
 def _check_data(args: argparse.Namespace) -> list[dt.date]:
@@ -345,11 +346,15 @@ def build_parser() -> argparse.ArgumentParser:
     generic.add_argument("--item-col", metavar="NAME", help="item ID column (strings or integers)")
     generic.add_argument("--time-col", metavar="NAME", help="time column")
     generic.add_argument("--rating-col", metavar="NAME", help="explicit rating column (default: implicit feedback)")
+    generic.add_argument("--weight-col", metavar="NAME", help="positive weight of each line, e.g. a quantity (default 1); "
+                                                             "lines of one user, item and time are summed")
     generic.add_argument("--time-unit", choices=["s", "ms", "us", "ns", "iso"], default=None,
                          help="numbers of epoch seconds (default), ms, us or ns, or ISO 8601 text; ignored for "
                               "Parquet timestamp columns")
     generic.add_argument("--items", type=Path, metavar="FILE", help="item attributes (CSV/Parquet) keyed by --item-col")
     generic.add_argument("--users", type=Path, metavar="FILE", help="user attributes (CSV/Parquet) keyed by --user-col")
+    generic.add_argument("--text-col", metavar="NAME", help="free-text column of --items whose words become metadata "
+                                                           "tokens (default: description, when present)")
     generic.add_argument("--delimiter", metavar="CHAR", help="CSV field separator (default: comma, tab for .tsv)")
 
     p = command("retrain", cmd_retrain, "Full retrain from scratch on the partitions up to --as-of (a new generation; "

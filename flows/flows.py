@@ -41,8 +41,9 @@ from accrete.pipeline.errors import AccreteError
 from accrete.pipeline.evaluation import HEADLINE_METRICS
 from accrete.pipeline.manifest import Manifest
 from accrete.pipeline.incremental import StepResult, run_incremental_step, sync_drift_history
+from accrete.pipeline.policy import applied_partitions as policy_applied, missing_period_warning, owed_retrain, \
+    retrain_reason
 from accrete.pipeline.retrain import run_full_retrain
-from accrete.pipeline.policy import applied_partitions as policy_applied, owed_retrain, retrain_reason
 from accrete.pipeline.store import Store
 
 NIGHTLY_SUMMARY_KEY = "accrete-nightly-summary"
@@ -532,10 +533,13 @@ def backfill(start: str, end: str, data: str | Path = "data", store: str | Path 
     """
     logger = get_run_logger()
     data, store, config_path = _paths(data, store, config_path)
-    AccreteConfig.load(config_path)  # a bad setting is the user's mistake, not a failure of the first date
+    config = AccreteConfig.load(config_path)  # a bad setting is the user's mistake, not a failure of the first date
     dates = partitions_in_range(data, start, end)
     done = set(applied_partitions(store))
     report: dict[str, Any] = {"applied": [], "skipped": [], "retrained": [], "quarantined": 0, "warnings": []}
+    if gap := missing_period_warning(data, _parse_date(start, "start"), _parse_date(end, "end"), config.data.freq):
+        logger.warning(gap)  # a lost period must not pass silently: the flow log, and the CLI's stderr via warnings
+        report["warnings"].append(gap)
     todo = [d for d in dates if d not in done]
     report["skipped"] = [d for d in dates if d in done]
     logger.info("%d partition(s) in range, %d already applied, %d to apply", len(dates), len(report["skipped"]),

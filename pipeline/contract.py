@@ -2,7 +2,7 @@
 
 A data directory holds Hive-partitioned Parquet, one partition per period::
 
-    DATA/interactions/date=YYYY-MM-DD/*.parquet   user_id, item_id, timestamp, [rating]
+    DATA/interactions/date=YYYY-MM-DD/*.parquet   user_id, item_id, timestamp, [rating], [weight]
     DATA/users/date=YYYY-MM-DD/*.parquet          user_id, [attribute columns]
     DATA/items/date=YYYY-MM-DD/*.parquet          item_id, [attribute columns]
     DATA/_accrete.json                            optional {"freq": "day" | "week" | "month", ...}
@@ -11,9 +11,12 @@ This module is the edge of the pipeline: everything after it sees only clean tab
 A *file* that breaks the contract (unreadable, a missing column, a type that cannot be coerced, an empty partition
 directory, a partition dated in the future) stops the run with a `DataContractError` naming the file and column. A
 *row* that breaks it (missing ID, timestamp outside the partition's period, null or non-finite rating or one outside
-the store's scale, exact duplicate) is set aside in a quarantine table with its reason, file and row number, and the
-run goes on. data/README.md tabulates every class of bad input and why it is rejected, quarantined or accepted. All checks are vectorized (pyarrow.compute / numpy): no Python loop runs
-per row.
+the store's scale, a weight that is not a finite number > 0, exact duplicate of a rating) is set aside in a quarantine
+table with its reason, file and row number, and the run goes on. Implicit feedback (no rating) repeating a (user,
+item, timestamp) is one event told in several lines (the lines of one basket): they are aggregated into one row whose
+weight is their sum, and counted in the report's `aggregated`. data/README.md tabulates every class of bad input
+and why it is rejected, quarantined, aggregated or accepted. All checks are vectorized (pyarrow.compute / numpy): no
+Python loop runs per row.
 """
 from __future__ import annotations
 
@@ -44,13 +47,26 @@ _SECONDS_PER_UNIT = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 
 INTERACTIONS_SCHEMA = pa.schema([
     ("user_id", pa.string()), ("item_id", pa.string()), ("timestamp", pa.int64()), ("rating", pa.float32()),
+    ("weight", pa.float32()),
 ])
-#: The consumed interactions a store keeps under history/ (what each user has seen, and when).
-HISTORY_SCHEMA = pa.schema([INTERACTIONS_SCHEMA.field(name) for name in ("user_id", "item_id", "timestamp")])
+#: The consumed interactions a store keeps under history/ (what each user has seen, when, and how strongly).
+HISTORY_SCHEMA = pa.schema([INTERACTIONS_SCHEMA.field(name) for name in ("user_id", "item_id", "timestamp", "weight")])
 QUARANTINE_SCHEMA = pa.schema([
     ("entity", pa.string()), ("file", pa.string()), ("row", pa.int64()), ("reason", pa.string()),
     ("user_id", pa.string()), ("item_id", pa.string()), ("timestamp", pa.string()), ("rating", pa.string()),
+    ("weight", pa.string()),
 ])
+#: The weight of an interaction whose file has no `weight` column (and of tables written before it existed).
+DEFAULT_WEIGHT = 1.0
+
+
+def with_weight(table: pa.Table) -> pa.Table:
+    """`table` with a `weight` column: `DEFAULT_WEIGHT` on every row when it has none (a store's history and replay
+    reservoir written before the column existed, a caller's own interactions table); unchanged otherwise."""
+    if "weight" in table.column_names:
+        return table
+    return table.append_column("weight", pa.array(np.full(table.num_rows, DEFAULT_WEIGHT, np.float32)))
+
 
 # Quarantine reasons. A row with several problems is quarantined once, for the first in this order.
 MISSING_ID = "missing_id"
@@ -59,15 +75,25 @@ TIMESTAMP_OUTSIDE_PERIOD = "timestamp_outside_period"
 NULL_RATING = "null_rating"
 NON_FINITE_RATING = "non_finite_rating"
 RATING_OUTSIDE_SCALE = "rating_outside_scale"
+INVALID_WEIGHT = "invalid_weight"
 DUPLICATE_ROW = "duplicate_row"
 DUPLICATE_ID = "duplicate_id"
 _INTERACTION_REASONS = (None, MISSING_ID, NULL_TIMESTAMP, TIMESTAMP_OUTSIDE_PERIOD, NULL_RATING, NON_FINITE_RATING,
-                        RATING_OUTSIDE_SCALE, DUPLICATE_ROW)
+                        RATING_OUTSIDE_SCALE, INVALID_WEIGHT, DUPLICATE_ROW)
 _ENTITY_REASONS = (None, MISSING_ID, DUPLICATE_ID)
 
 # Attribute columns that are free text: one token per item would carry no shared signal for metadata init.
+# `text_words` turns such text into a list column of words, whose elements are tokens.
 FREE_TEXT_COLUMNS = ("title", "name", "description")
 NO_GENRES = "(no genres listed)"
+#: The list column of words a converter writes for an item's free text (`words=heart`, `words=holder`, ...).
+WORDS_COLUMN = "words"
+# Words shorter than this carry no product signal ("of", "a", "t" of "t-light", sizes like "xl").
+MIN_WORD_LENGTH = 3
+# Frequent English words of three letters or more that name nothing (and a catalogue's packaging words, "set of 6",
+# "pack of 12"): a shared token must say what an item is.
+STOP_WORDS = ("and", "the", "for", "with", "from", "this", "that", "are", "was", "its", "into", "per", "but", "not",
+              "you", "your", "our", "all", "any", "has", "have", "one", "two", "set", "pack")
 
 # How far past today (UTC) a partition may be dated: a day of slack for writers whose local date runs ahead of UTC.
 FUTURE_TOLERANCE = datetime.timedelta(days=1)
@@ -80,13 +106,16 @@ class Partition:
     Attributes:
         date: the first day of the partition's period.
         interactions: `user_id string, item_id string, timestamp int64 (epoch seconds, UTC), rating float32`
-            (1.0 for implicit feedback), in file order then row order.
+            (1.0 for implicit feedback), `weight float32` (finite, > 0; 1.0 when the files have no `weight`; the sum
+            of the lines an implicit row aggregates), in file order then row order.
         users: `user_id string` (unique) plus the attribute columns of the users files.
         items: `item_id string` (unique) plus the attribute columns of the items files.
         quarantine: rows excluded from the clean tables, schema `QUARANTINE_SCHEMA`: `entity`, `file` (relative to
             the data directory), `row` (0-based within its file), `reason`, and the offending values as strings.
         has_ratings: the interactions carried a `rating` column (explicit feedback).
-        report: JSON-able counts: files read, rows read/kept per entity, quarantined rows per reason.
+        report: JSON-able counts: files read, rows read/kept per entity, quarantined rows per reason, and
+            `aggregated` (implicit interaction lines folded into an earlier line of the same user, item and time):
+            `rows_read == rows_kept + quarantined + aggregated` for interactions.
     """
 
     date: datetime.date
@@ -240,6 +269,7 @@ _TYPE_RULES = {
     "item_id": (_is_id_type, "a string or integer ID"),
     "timestamp": (_is_timestamp_type, "a Parquet timestamp or integer epoch seconds"),
     "rating": (_is_rating_type, "a number"),
+    "weight": (_is_rating_type, "a number"),
 }
 
 
@@ -343,8 +373,9 @@ def _timestamps_as_seconds(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndar
     return (values // per_second if per_second != 1 else values.astype(np.int64, copy=False)), valid
 
 
-def _ratings_as_float32(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-    """(float32 ratings, validity mask); a value too large for float32 becomes inf and is then quarantined."""
+def _numbers_as_float32(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """(float32 values of a rating or weight column, validity mask); a value too large for float32 becomes inf and is
+    then quarantined."""
     arr = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
     valid = np.ones(len(arr), bool) if arr.null_count == 0 else arr.is_valid().to_numpy(zero_copy_only=False)
     if pa.types.is_null(arr.type):
@@ -436,7 +467,7 @@ def _quarantine_rows(entity: str, files: np.ndarray, rows: np.ndarray, reasons: 
         "row": pa.array(rows, pa.int64()),
         "reason": pa.array(reasons, pa.string()),
     }
-    for name in ("user_id", "item_id", "timestamp", "rating"):
+    for name in ("user_id", "item_id", "timestamp", "rating", "weight"):
         columns[name] = values.get(name, pa.nulls(n, pa.string()))
     return pa.table(columns, schema=QUARANTINE_SCHEMA)
 
@@ -475,10 +506,10 @@ def _offending_values(tables: list[pa.Table], names: list[str], file_index: np.n
 
 def _read_interactions(files: list[Path], data_dir: Path, start: int, end: int,
                        rating_range: tuple[float, float] | None):
-    """Clean interactions, their quarantine, has_ratings, rows read."""
+    """Clean interactions, their quarantine, has_ratings, rows read, lines aggregated."""
     tables = [
-        _open_parquet(f, ["user_id", "item_id", "timestamp", "rating"], ["user_id", "item_id"],
-                      required=["user_id", "item_id", "timestamp"], optional=["rating"])
+        _open_parquet(f, ["user_id", "item_id", "timestamp", "rating", "weight"], ["user_id", "item_id"],
+                      required=["user_id", "item_id", "timestamp"], optional=["rating", "weight"])
         for f in files
     ]
     with_rating = [t for t in tables if "rating" in t.column_names]
@@ -489,11 +520,11 @@ def _read_interactions(files: list[Path], data_dir: Path, start: int, end: int,
     lengths = [t.num_rows for t in tables]
     n = int(sum(lengths))
     if n == 0:
-        return INTERACTIONS_SCHEMA.empty_table(), _empty_quarantine(), has_ratings, 0
+        return INTERACTIONS_SCHEMA.empty_table(), _empty_quarantine(), has_ratings, 0, 0
 
     users, ucode = _unify_codes([_encode_ids(t.column("user_id")) for t in tables])
     items, icode = _unify_codes([_encode_ids(t.column("item_id")) for t in tables])
-    ts_parts, valid_parts, rating_parts, rvalid_parts = [], [], [], []
+    ts_parts, valid_parts, rating_parts, rvalid_parts, weight_parts, wvalid_parts = [], [], [], [], [], []
     for f, t in zip(files, tables):
         try:
             seconds, valid = _timestamps_as_seconds(t.column("timestamp"))
@@ -502,10 +533,17 @@ def _read_interactions(files: list[Path], data_dir: Path, start: int, end: int,
         ts_parts.append(seconds)
         valid_parts.append(valid)
         if has_ratings:
-            values, rvalid = _ratings_as_float32(t.column("rating"))
+            values, rvalid = _numbers_as_float32(t.column("rating"))
             rating_parts.append(values)
             rvalid_parts.append(rvalid)
+        if "weight" in t.column_names:  # a weight is a default, not a kind of feedback: files may differ
+            values, wvalid = _numbers_as_float32(t.column("weight"))
+        else:
+            values, wvalid = np.full(t.num_rows, DEFAULT_WEIGHT, np.float32), np.ones(t.num_rows, bool)
+        weight_parts.append(values)
+        wvalid_parts.append(wvalid)
     ts, ts_valid = np.concatenate(ts_parts), np.concatenate(valid_parts)
+    weight, weight_valid = np.concatenate(weight_parts), np.concatenate(wvalid_parts)
     if has_ratings:
         rating, rating_valid = np.concatenate(rating_parts), np.concatenate(rvalid_parts)
     else:
@@ -513,6 +551,8 @@ def _read_interactions(files: list[Path], data_dir: Path, start: int, end: int,
 
     # Reason codes index _INTERACTION_REASONS; assigned lowest priority first so the first problem wins.
     reason = np.zeros(n, np.int8)
+    with np.errstate(invalid="ignore"):
+        reason[~weight_valid | ~np.isfinite(weight) | ~(weight > 0)] = 7
     if has_ratings:
         if rating_range is not None:
             low, high = rating_range
@@ -526,8 +566,19 @@ def _read_interactions(files: list[Path], data_dir: Path, start: int, end: int,
     ok_rows = np.flatnonzero(ok)
     key = [ucode[ok_rows], icode[ok_rows], ts[ok_rows]]
     if has_ratings:
+        # A rating is one judgement: a second equal line is a writer's retry, not a second opinion.
         key.append(rating[ok_rows].view(np.uint32))
-    reason[ok_rows[_later_duplicates(key)]] = 7
+        reason[ok_rows[_later_duplicates(key)]] = 8
+        aggregated = 0
+    else:
+        # Implicit lines of one (user, item, time) are one event told in parts (the lines of a basket): one row,
+        # its weight their sum, at the first line's place.
+        later = _later_duplicates(key)
+        aggregated = int(later.sum())
+        if aggregated:
+            weight = weight.copy()
+            weight[ok_rows] = _summed_over_duplicates(key, weight[ok_rows], later)
+            reason[ok_rows[later]] = -1
     keep = np.flatnonzero(reason == 0)
 
     clean = pa.table({
@@ -535,18 +586,38 @@ def _read_interactions(files: list[Path], data_dir: Path, start: int, end: int,
         "item_id": items.take(pa.array(icode[keep])),
         "timestamp": pa.array(ts[keep], pa.int64()),
         "rating": pa.array(rating[keep], pa.float32()),
+        "weight": pa.array(weight[keep], pa.float32()),
     }, schema=INTERACTIONS_SCHEMA)
 
-    bad = np.flatnonzero(reason != 0)
+    bad = np.flatnonzero(reason > 0)
     if bad.size == 0:
-        return clean, _empty_quarantine(), has_ratings, n
+        return clean, _empty_quarantine(), has_ratings, n, aggregated
     file_index, rows = _file_positions(lengths, bad)
-    offending = _offending_values(tables, ["user_id", "item_id", "timestamp"] + (["rating"] if has_ratings else []),
-                                  file_index, rows)
+    with_weight = [t if "weight" in t.column_names else t.append_column("weight", pa.nulls(t.num_rows, pa.float32()))
+                   for t in tables]
+    offending = _offending_values(with_weight, ["user_id", "item_id", "timestamp", "weight"]
+                                  + (["rating"] if has_ratings else []), file_index, rows)
     names = np.asarray([_relative(f, data_dir) for f in files], dtype=object)[file_index]
     quarantine = _quarantine_rows("interactions", names, rows,
                                   np.asarray(_INTERACTION_REASONS, dtype=object)[reason[bad]], offending)
-    return clean, quarantine, has_ratings, n
+    return clean, quarantine, has_ratings, n, aggregated
+
+
+def _summed_over_duplicates(key: Sequence[np.ndarray], weight: np.ndarray, later: np.ndarray) -> np.ndarray:
+    """`weight` with each group of equal `key` rows' total at its first row (`later` marks the other rows).
+
+    Only rows whose key hash equals a later duplicate's take part in the exact group-by: a few percent of a
+    partition at most, so the common path (no duplicates) costs nothing here.
+    """
+    h = _row_hash(key)
+    involved = np.flatnonzero(np.isin(h, h[later]))
+    table = pa.table({**{f"c{k}": col[involved] for k, col in enumerate(key)},
+                      "pos": involved, "w": weight[involved].astype(np.float64)})
+    groups = table.group_by([f"c{k}" for k in range(len(key))], use_threads=False).aggregate(
+        [("pos", "min"), ("w", "sum")])
+    summed = weight.copy()
+    summed[groups.column("pos_min").to_numpy()] = groups.column("w_sum").to_numpy().astype(np.float32)
+    return summed
 
 
 def _read_entities(entity: str, id_column: str, files: list[Path], data_dir: Path):
@@ -595,8 +666,10 @@ def read_partition(data_dir: str | Path, date: datetime.date, freq: str | None =
     The period is `[date, period_end(date, freq))` with `freq` from the data directory's `_accrete.json` when
     `freq` is None. Interactions are quarantined, first matching reason wins, when an ID is null or empty
     (`missing_id`), the timestamp is null or outside the period, the rating (if the files have one) is null or not
-    finite after conversion to float32, or the row duplicates an earlier row of the partition after coercion
-    (`duplicate_row`; the first is kept). Users and items rows are quarantined for a missing ID or a repeated ID
+    finite after conversion to float32, the weight (if the files have one) is null, not finite or not > 0
+    (`invalid_weight`), or, with ratings, the row duplicates an earlier row of the partition after coercion
+    (`duplicate_row`; the first is kept). Without ratings such lines are not quarantined but aggregated: one row at the
+    first line's place, weight summed, counted in `report["aggregated"]`. Users and items rows are quarantined for a missing ID or a repeated ID
     (`duplicate_id`; the first is kept). With `rating_range=(low, high)`, a finite rating outside it is quarantined
     (`rating_outside_scale`): the store's rating scale (its drift histogram's edges) is the caller's to give.
     Every file-level problem raises `DataContractError` before anything is returned, and so does a partition dated
@@ -619,7 +692,7 @@ def read_partition(data_dir: str | Path, date: datetime.date, freq: str | None =
     files = {entity: _partition_files(present[entity]) if entity in present else [] for entity in ENTITIES}
     end_date = period_end(date, freq)
 
-    interactions, q_inter, has_ratings, n_inter = _read_interactions(
+    interactions, q_inter, has_ratings, n_inter, aggregated = _read_interactions(
         files["interactions"], data_dir, _epoch_seconds(date), _epoch_seconds(end_date), rating_range)
     users, q_users, n_users = _read_entities("users", "user_id", files["users"], data_dir)
     items, q_items, n_items = _read_entities("items", "item_id", files["items"], data_dir)
@@ -636,12 +709,42 @@ def read_partition(data_dir: str | Path, date: datetime.date, freq: str | None =
         "rows_read": {"interactions": n_inter, "users": n_users, "items": n_items},
         "rows_kept": {"interactions": interactions.num_rows, "users": users.num_rows, "items": items.num_rows},
         "quarantined": {str(r): int(c) for r, c in zip(reasons, counts)},
+        "aggregated": {"interactions": aggregated},
     }
     return Partition(date=date, interactions=interactions, users=users, items=items, quarantine=quarantine,
                      has_ratings=has_ratings, report=report)
 
 
 # ----------------------------------------------------------------------------------------------- item metadata
+
+
+def text_words(text: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """The distinct words of each text, for metadata tokens: a `list<string>` array aligned with `text`.
+
+    Lower-cased; split on anything that is not a letter or digit; words shorter than `MIN_WORD_LENGTH`, numbers
+    (`72`) and `STOP_WORDS` dropped; each word once per text, in order of first appearance. A null text
+    gives an empty list. "WHITE HANGING HEART T-LIGHT HOLDER" gives `[white, hanging, heart, light, holder]`.
+    """
+    if isinstance(text, pa.ChunkedArray):
+        text = text.combine_chunks()
+    if pa.types.is_dictionary(text.type):
+        text = text.cast(text.type.value_type)
+    text = pc.fill_null(text.cast(pa.string()), "")
+    split = pc.split_pattern_regex(pc.utf8_lower(text), r"[^\p{L}\p{N}]+")
+    parents = pc.list_parent_indices(split).to_numpy()
+    words = pc.list_flatten(split)
+    usable = pc.and_(pc.greater_equal(pc.utf8_length(words), MIN_WORD_LENGTH),
+                     pc.invert(pc.or_(pc.utf8_is_numeric(words), pc.is_in(words, value_set=pa.array(STOP_WORDS)))))
+    usable_mask = usable.to_numpy(zero_copy_only=False)
+    parents, words = parents[usable_mask], words.filter(usable)
+    codes = pc.dictionary_encode(words).indices.to_numpy().astype(np.int64)
+    # First appearance of each (text, word) pair; parents are already in order, so the kept pairs stay grouped.
+    width = int(codes.max()) + 1 if len(codes) else 1
+    _, first = np.unique(parents.astype(np.int64) * width + codes, return_index=True)
+    first.sort()
+    counts = np.bincount(parents[first], minlength=len(text))
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), words.take(pa.array(first, pa.int64())))
 
 
 def item_attribute_tokens(items: pa.Table, *, columns: Sequence[str] | None = None,
@@ -652,7 +755,8 @@ def item_attribute_tokens(items: pa.Table, *, columns: Sequence[str] | None = No
     `genres=Action` and `genres=Comedy`); list columns contribute each element; integers and booleans their
     decimal / `true` form. Null, empty and `"(no genres listed)"` values give no token. Floating-point columns
     (continuous values, no shared categories) and free-text columns in `exclude` are skipped unless named in
-    `columns`.
+    `columns`: free text reaches the tokens as the list column `words` a converter writes (`text_words`), one
+    `words=...` token per word.
 
     Args:
         items: a table with `item_id` and attribute columns (e.g. `Partition.items`).

@@ -9,8 +9,11 @@ failing column (about two more passes over it, paid only on the error path).
 
 Output layout (what `read_partition` reads): interactions split by the period of their timestamp into
 `OUT/interactions/date=D/part-0.parquet` (sorted by timestamp, user, item); each user and item written once, to
-`OUT/users/` / `OUT/items/` in the period of its first interaction, with its attribute columns when given; and
-`OUT/_accrete.json` holding the period and a summary.
+`OUT/users/` / `OUT/items/` in the period of its first interaction, with its attribute columns when given (and an
+item's free text as the list column `words`); and `OUT/_accrete.json` holding the period and a summary.
+
+Implicit feedback follows the contract's rule for lines of one (user, item, time): they are written as one
+interaction whose `weight` is their sum (the lines of one basket), and the summary counts them in `aggregated`.
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pv
 import pyarrow.parquet as pq
 
-from accrete.pipeline.contract import METADATA_FILE, PERIOD_FREQS
+from accrete.pipeline.contract import METADATA_FILE, PERIOD_FREQS, WORDS_COLUMN, text_words
 from accrete.pipeline.errors import DataContractError
 
 TIME_UNITS = ("s", "ms", "us", "ns", "iso")
@@ -89,6 +92,15 @@ def _write_by_period(table: pa.Table, period: np.ndarray, root: Path) -> list[in
     return [int(period[s]) for s in starts]
 
 
+def _with_attributes(table: pa.Table, attributes: pa.Table, key: str) -> pa.Table:
+    """`table` with the other columns of `attributes` whose `key` matches (null where none does): a left join by
+    position, which unlike Acero's join carries list columns (an item's `words`)."""
+    position = pc.index_in(table[key], value_set=attributes[key].combine_chunks())
+    matched = attributes.drop_columns([key]).take(position)
+    return pa.table({**{name: table[name] for name in table.column_names},
+                     **{name: matched[name] for name in matched.column_names}})
+
+
 def _write_arrivals(table: pa.Table, id_column: str, root: Path) -> None:
     """Write users or items into the partition of their `_period`, sorted by ID within a partition."""
     table = table.take(pc.sort_indices(table, [("_period", "ascending"), (id_column, "ascending")]))
@@ -107,7 +119,8 @@ def write_partitions(interactions: pa.Table, out: Path, freq: str, *, items: pa.
         items, users: attribute tables keyed by `item_id` / `user_id` (unique), joined to the IDs that occur in the
             interactions; IDs that never occur are not written (they have no arrival date).
     Returns:
-        `{"ratings", "users", "items", "items_without_metadata", "partitions", "first_date", "last_date"}`.
+        `{"ratings" (explicit feedback) or "interactions" (implicit), "users", "items", "items_without_metadata",
+        "partitions", "first_date", "last_date"}`.
     """
     interactions = interactions.take(pc.sort_indices(
         interactions, [("timestamp", "ascending"), ("user_id", "ascending"), ("item_id", "ascending")]))
@@ -117,7 +130,7 @@ def write_partitions(interactions: pa.Table, out: Path, freq: str, *, items: pa.
     user_ids, user_period = _first_period(interactions["user_id"], period)
     user_table = pa.table({"user_id": user_ids, "_period": user_period})
     if users is not None:
-        user_table = user_table.join(users, "user_id", join_type="left outer")
+        user_table = _with_attributes(user_table, users, "user_id")
     _write_arrivals(user_table, "user_id", out / "users")
 
     item_ids, item_period = _first_period(interactions["item_id"], period)
@@ -126,12 +139,12 @@ def write_partitions(interactions: pa.Table, out: Path, freq: str, *, items: pa.
     if items is not None:
         known = pc.is_in(item_ids, value_set=items["item_id"].combine_chunks())
         without_metadata = len(item_ids) - pc.sum(known).as_py() if len(item_ids) else 0
-        item_table = item_table.join(items, "item_id", join_type="left outer")
+        item_table = _with_attributes(item_table, items, "item_id")
     _write_arrivals(item_table, "item_id", out / "items")
 
     dates = [_EPOCH + datetime.timedelta(days=d) for d in written]
     return {
-        "ratings": interactions.num_rows,
+        "ratings" if "rating" in interactions.column_names else "interactions": interactions.num_rows,
         "users": len(user_ids),
         "items": len(item_ids),
         "items_without_metadata": int(without_metadata),
@@ -353,6 +366,41 @@ def _ratings(source: _Source, name: str) -> pa.Array:
     return pa.array(as_float32)
 
 
+def _weights(source: _Source, name: str) -> pa.Array:
+    """The weight column as float32; a missing, non-numeric, non-finite, zero or negative weight is an error naming
+    its row (a person can fix the file; the nightly pipeline would quarantine such a line as `invalid_weight`)."""
+    values = source.column(name)
+    _check_present(source, name, values)
+    numbers = _numbers(source, name, "a number (weight)").cast(pa.float64()).to_numpy(zero_copy_only=False)
+    with np.errstate(over="ignore"):
+        as_float32 = numbers.astype(np.float32)
+    usable = np.isfinite(as_float32) & (as_float32 > 0)
+    if not usable.all():
+        bad = int(np.flatnonzero(~usable)[0])
+        raise DataContractError(f"{source.where(bad, name)}: weight {float(numbers[bad])!r} is not a finite number > 0 "
+                                f"(--weight-col; {int((~usable).sum())} rows)")
+    return pa.array(as_float32)
+
+
+def aggregate_lines(interactions: pa.Table) -> tuple[pa.Table, int]:
+    """Implicit interactions with lines of one (user, item, timestamp) merged: one row each, `weight` their sum.
+
+    The contract's rule (`read_partition` applies it to partitions written by hand), applied before writing so the
+    partitions hold one row per event. Returns the table (unchanged, without a `weight` column if it had none, when
+    no two lines share a key) and the number of lines folded into another.
+    """
+    keys = ["user_id", "item_id", "timestamp"]
+    weight = interactions.column("weight").cast(pa.float64()) if "weight" in interactions.column_names else \
+        pa.array(np.ones(interactions.num_rows))
+    grouped = pa.table({**{k: interactions.column(k) for k in keys}, "weight": weight}) \
+        .group_by(keys, use_threads=False).aggregate([("weight", "sum")])
+    folded = interactions.num_rows - grouped.num_rows
+    if folded == 0:
+        return interactions, 0
+    return pa.table({**{k: grouped.column(k) for k in keys},
+                     "weight": grouped.column("weight_sum").cast(pa.float32())}), folded
+
+
 def _attributes(path: Path, id_column: str, key: str, role: str, delimiter: str | None) -> pa.Table:
     """A users or items attribute file: its ID column renamed to `key` (unique, as strings) and every other column."""
     source = _read_source(path, [], role, delimiter=delimiter, strings=[id_column])  # CSV: "007" stays "007"
@@ -371,8 +419,34 @@ def _attributes(path: Path, id_column: str, key: str, role: str, delimiter: str 
     return pa.table({key: ids, **{name: table.column(name) for name in table.column_names}})
 
 
+#: The catalogue column `convert_generic` reads as item text when `text_col` is not given.
+DEFAULT_TEXT_COLUMN = "description"
+
+
+def _with_words(items: pa.Table, text_col: str | None, path: Path) -> tuple[pa.Table, str | None]:
+    """The catalogue with the list column `words` of its text column (`text_col`, else `description` when present);
+    the text column itself is kept as written (free text is no token)."""
+    names = items.column_names
+    if text_col is None:
+        if DEFAULT_TEXT_COLUMN not in names:
+            return items, None
+        text_col = DEFAULT_TEXT_COLUMN
+    if text_col not in names or text_col == "item_id":
+        attributes = ", ".join(n for n in names if n != "item_id")
+        raise DataContractError(f"{path}: no text column '{text_col}' (--text-col); attribute columns: {attributes}")
+    if WORDS_COLUMN in names:
+        raise DataContractError(f"{path}: has a column '{WORDS_COLUMN}', the name --text-col writes its words to; "
+                                f"rename it")
+    column = items.column(text_col)
+    value_type = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
+    if not (pa.types.is_string(value_type) or pa.types.is_large_string(value_type)):
+        raise DataContractError(f"{path}: column '{text_col}' has type {column.type}; --text-col expects text")
+    return items.append_column(WORDS_COLUMN, text_words(column)), text_col
+
+
 def convert_generic(path, out, *, user_col: str, item_col: str, time_col: str, rating_col: str | None = None,
-                    time_unit: str = "s", items=None, users=None, freq: str = "week", delimiter: str | None = None,
+                    weight_col: str | None = None, time_unit: str = "s", items=None, users=None,
+                    text_col: str | None = None, freq: str = "week", delimiter: str | None = None,
                     overwrite: bool = False) -> dict:
     """Convert an interaction log (CSV or Parquet) into a contract data directory at `out`; return a summary.
 
@@ -382,15 +456,21 @@ def convert_generic(path, out, *, user_col: str, item_col: str, time_col: str, r
         out: the data directory to write (must be empty or absent unless `overwrite`).
         user_col, item_col, time_col: the names of the user ID, item ID and time columns.
         rating_col: the explicit rating column; None for implicit feedback (no `rating` column is written).
+        weight_col: a column of positive numbers written as `weight` (a purchase's quantity, a play count: how much
+            an interaction counts); every value must be a finite number > 0. None: weight 1 per line.
         time_unit: how numeric times count, "s", "ms", "us" or "ns" since the epoch; "iso" for ISO 8601 text.
             Ignored for Parquet timestamp and date columns.
         items, users: optional attribute files (CSV or Parquet) whose `item_col` / `user_col` column holds the ID;
             their other columns are written as attributes (e.g. `genres` drives the metadata init of new items).
+        text_col: the items file's free-text column whose words (`contract.text_words`) are written as the list
+            column `words`, tokens for the metadata init of new items; default `description` when the file has one.
         freq: partition period, "day", "week" (Monday to Sunday) or "month".
         delimiter: CSV field separator (default "," or tab for `.tsv`).
         overwrite: replace the partitions and `_accrete.json` of an existing data directory.
     Returns:
-        `{"source": "generic", "freq", "ratings", "users", "items", "partitions", "first_date", "last_date", ...}`.
+        `{"source": "generic", "freq", "lines", "interactions" (or "ratings"), "aggregated", "users", "items",
+        "partitions", "first_date", "last_date", ...}`: `lines` read, `aggregated` implicit lines folded into another
+        of the same user, item and time (`lines = interactions + aggregated`).
     """
     began = time.perf_counter()
     path, out = Path(path), Path(out)
@@ -398,12 +478,16 @@ def convert_generic(path, out, *, user_col: str, item_col: str, time_col: str, r
         raise DataContractError(f"freq must be one of {PERIOD_FREQS}, got {freq!r}")
     if time_unit not in TIME_UNITS:
         raise DataContractError(f"time unit must be one of {TIME_UNITS}, got {time_unit!r}")
+    if text_col is not None and items is None:
+        raise DataContractError(f"--text-col {text_col}: names a column of the items file (--items), and none is given")
     roles = {user_col: "--user-col", item_col: "--item-col", time_col: "--time-col"}
-    if rating_col is not None:
-        roles[rating_col] = "--rating-col"
-    if len(roles) != 3 + (rating_col is not None):
-        raise DataContractError(f"--user-col, --item-col, --time-col and --rating-col must name different columns, "
-                                f"got {user_col!r}, {item_col!r}, {time_col!r}, {rating_col!r}")
+    optional = [(name, flag) for name, flag in ((rating_col, "--rating-col"), (weight_col, "--weight-col"))
+                if name is not None]
+    roles.update(optional)
+    if len(roles) != 3 + len(optional):
+        raise DataContractError(f"--user-col, --item-col, --time-col, --rating-col and --weight-col must name "
+                                f"different columns, got {user_col!r}, {item_col!r}, {time_col!r}, {rating_col!r}, "
+                                f"{weight_col!r}")
     source = _read_source(path, list(roles), ", ".join(f"{flag} {name}" for name, flag in roles.items()),
                           delimiter=delimiter, strings=list(roles))
     if source.table.num_rows == 0:
@@ -412,15 +496,26 @@ def convert_generic(path, out, *, user_col: str, item_col: str, time_col: str, r
                     "timestamp": _epoch_seconds(source, time_col, time_unit)}
     if rating_col is not None:
         interactions["rating"] = _ratings(source, rating_col)
+    if weight_col is not None:
+        interactions["weight"] = _weights(source, weight_col)
     interactions = pa.table(interactions)
+    aggregated = 0
+    if rating_col is None:  # with ratings, equal lines stay: the pipeline quarantines them (one judgement each)
+        interactions, aggregated = aggregate_lines(interactions)
     item_table = _attributes(Path(items), item_col, "item_id", "--item-col", delimiter) if items else None
+    used_text = None
+    if item_table is not None:
+        item_table, used_text = _with_words(item_table, text_col, Path(items))
     user_table = _attributes(Path(users), user_col, "user_id", "--user-col", delimiter) if users else None
 
     prepare_output(out, overwrite)
     summary = {"source": "generic", "layout": "csv" if source.csv else "parquet", "freq": freq,
+               "lines": source.table.num_rows, **({} if rating_col is not None else {"aggregated": aggregated}),
                **write_partitions(interactions, out, freq, items=item_table, users=user_table)}
     if item_table is None:
         summary.pop("items_without_metadata")
+    if used_text is not None:
+        summary["text_col"] = used_text
     write_metadata(out, summary, path)
     summary["seconds"] = round(time.perf_counter() - began, 3)
     return summary

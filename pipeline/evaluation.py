@@ -176,6 +176,7 @@ def evaluate_prequential(
     ks: Sequence[int] = (10, 50),
     user_batch: int = 2048,
     excluded_items: np.ndarray | None = None,
+    young_items: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Full-ranking Recall@K and NDCG@K of `scorer` on partition D's interactions, before training on D.
 
@@ -197,7 +198,9 @@ def evaluate_prequential(
       "all" (no suffix): every user, `R_u`;
       "existing": users not in `new_users`, `R_u` restricted to items not in `new_items`;
       "new_users": users in `new_users`, all of `R_u`;
-      "new_items": every user, `R_u` restricted to `new_items`.
+      "new_items": every user, `R_u` restricted to `new_items`;
+      "young_items" (only when `young_items` is given): every user, `R_u` restricted to `young_items` (items
+      added in the last period or two: past their cold start, not yet established).
       A slice without users gives NaN (not 0) and user count 0.
 
     Keys: `recall@{k}`, `ndcg@{k}`, `recall@{k}/{slice}`, `ndcg@{k}/{slice}` for each k in `ks`;
@@ -217,6 +220,7 @@ def evaluate_prequential(
         ks: list lengths K.
         user_batch: users per scorer call; results do not depend on it.
         excluded_items: item rows never recommended (or a boolean mask over item rows).
+        young_items: rows of the items of the "young_items" slice; None: no such slice.
 
     Returns:
         The metrics, keyed as above.
@@ -254,6 +258,12 @@ def evaluate_prequential(
         "new_users": is_new_user & (n_rel["all"] > 0),
         "new_items": n_rel["new_items"] > 0,
     }
+    young_item_mask = np.zeros(n_items, dtype=bool)
+    if young_items is not None:
+        young_item_mask[_as_rows(young_items, "young_items", upper=n_items)] = True
+        n_rel["young_items"] = np.bincount(nnz_user, weights=young_item_mask[relevance.indices],
+                                           minlength=n_eval).astype(np.int64)
+        members["young_items"] = n_rel["young_items"] > 0
 
     k_max = max(ks)
     k_cov = 10 if 10 in ks else min(ks)
@@ -277,6 +287,8 @@ def evaluate_prequential(
         hit = np.asarray(relevance[local, top_safe.ravel()]).reshape(top.shape).astype(bool)
         top_is_new = new_item_mask[top_safe] & filled
         slice_hits = {"all": hit, "new_users": hit, "existing": hit & ~top_is_new, "new_items": hit & top_is_new}
+        if young_items is not None:
+            slice_hits["young_items"] = hit & young_item_mask[top_safe] & filled
         for s, h in slice_hits.items():
             rel_count = n_rel[s][start:stop]
             for k in ks:

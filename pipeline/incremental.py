@@ -304,7 +304,7 @@ def read_generation_settings(step: Step) -> None:
 def evaluate_before_training(step: Step) -> None:
     """Prequential evaluation: score the partition's interactions with the tables as they stand (new rows cold),
     seen items excluded, with the scoring every reader uses (`pipeline.scoring`). Slices: new users, new items,
-    the items of the previous step ("recent") and of the last `eval.young_periods` periods ("young"). Under the
+    and the items of the last `eval.young_periods` periods ("young": what an initialization is judged by). Under the
     time-aware term, the term alone is scored too (a decayed-popularity control, "/control"): `lift@10`, the
     model's Recall@10 over the control's, is what a hard week does not move and an aging model does.
 
@@ -328,24 +328,13 @@ def evaluate_before_training(step: Step) -> None:
                                                n_items=step.n_items, seen=seen, ks=config.eval.ks,
                                                user_batch=config.eval.user_batch, excluded_items=excluded, **slices)
 
+    young = young_item_rows(state.item_vocab, step.applied, step.n_old_items, config.eval.young_periods)
     step.metrics = evaluate(scorer, new_users=np.arange(step.n_old_users, step.n_users),
-                            new_items=np.arange(step.n_old_items, step.n_items))
-    slices = {"young_items": young_item_rows(state.item_vocab, step.applied, step.n_old_items,
-                                             config.eval.young_periods)}
-    if step.parent.get("kind") == "incremental":
-        # Items the previous step added (initialized, then trained once): how well a new row does after
-        # one incremental step, which is what the initialization strategy is judged by.
-        previous = step.parent["rows"]
-        slices["recent_items"] = np.arange(previous["item"] - previous["item_new"], previous["item"])
-    for name, rows in slices.items():
-        found = evaluate(scorer, new_items=rows)
-        step.metrics.update({key.replace("/new_items", f"/{name}"): value
-                             for key, value in found.items() if key.endswith("/new_items")})
+                            new_items=np.arange(step.n_old_items, step.n_items), young_items=young)
     if step.recency and term is not None:
-        control = evaluate(evaluation.popularity_scorer(term), new_items=slices["young_items"])
-        for key, source in (("recall@10", "recall@10"), ("ndcg@10", "ndcg@10"),
-                            ("recall@10/young_items", "recall@10/new_items")):
-            step.metrics[f"{key}/control"] = control.get(source, float("nan"))
+        control = evaluate(evaluation.popularity_scorer(term), young_items=young)
+        for key in ("recall@10", "ndcg@10", "recall@10/young_items"):
+            step.metrics[f"{key}/control"] = control.get(key, float("nan"))
         model_recall, control_recall = step.metrics.get("recall@10", np.nan), control.get("recall@10", np.nan)
         step.metrics["lift@10"] = float(model_recall / control_recall) if control_recall > 0 else float("nan")
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from accrete.pipeline import contract
 from accrete.pipeline.decision import fired_reasons
@@ -68,3 +68,39 @@ def nothing_to_do(data_dir: str | Path, store_dir: str | Path, start: dt.date | 
         return None
     return (f"nothing to apply: the {len(in_range)} partition(s) from {start} to {end} are already applied "
             f"(version {manifest.version})")
+
+
+def missing_periods(partitions: Sequence[dt.date], freq: str, start: dt.date, end: dt.date) -> list[dt.date]:
+    """The periods with no partition that a backfill over [start, end] passes over: between consecutive partitions
+    from the last one before `start` (the period the range follows on from) to the last one up to `end`.
+
+    Partition dates step by `contract.period_end` (a day, 7 days, a calendar month); a quiet period is a partition
+    with zero rows, so a gap is a period whose interactions were never written (a failed export, a lost week). A
+    period after the last partition is not reported: it is not written *yet*, and the range that applies its
+    successor reports it. One iteration per period, not per row.
+    """
+    present = sorted(set(partitions))
+    before = [d for d in present if d < start][-1:]
+    walk = before + [d for d in present if start <= d <= end]
+    missing = []
+    for previous, following in zip(walk, walk[1:]):
+        day = contract.period_end(previous, freq)
+        while day < following:
+            missing.append(day)
+            day = contract.period_end(day, freq)
+    return missing
+
+
+def missing_period_warning(data_dir: str | Path, start: dt.date, end: dt.date, default_freq: str = "day",
+                           shown: int = 5) -> str | None:
+    """One line naming the periods `missing_periods` finds in the data directory (None when there are none), for a
+    backfill to log, print and report: a lost period must not pass silently."""
+    freq = contract.data_frequency(data_dir, default_freq)
+    missing = missing_periods(contract.list_partitions(data_dir), freq, start, end)
+    if not missing:
+        return None
+    listed = ", ".join(d.isoformat() for d in missing[:shown]) + (f" and {len(missing) - shown} more"
+                                                                  if len(missing) > shown else "")
+    return (f"{data_dir}: no partition for {len(missing)} {freq} period(s) in or just before {start} to {end}: "
+            f"{listed}; their interactions are missing from the model (write a file with zero rows for a period "
+            f"without data)")

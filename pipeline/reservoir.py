@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from accrete.pipeline.atomic import write_parquet_atomically
-from accrete.pipeline.contract import INTERACTIONS_SCHEMA
+from accrete.pipeline.contract import INTERACTIONS_SCHEMA, with_weight
 from accrete.pipeline.errors import DataContractError, StoreError
 
 # The interaction columns the reservoir holds (the clean-partition contract); other columns are dropped.
@@ -143,7 +143,7 @@ class ReplayReservoir:
         """Read a reservoir written by `save`, checking it is whole.
 
         Checked: the file exists and is Parquet; it carries the reservoir metadata with integer
-        `capacity >= 0`, `seed >= 0`, `n_seen >= 0`; the four columns exist with compatible types and no
+        `capacity >= 0`, `seed >= 0`, `n_seen >= 0`; the columns exist with compatible types (a missing `weight` is 1) and no
         nulls; it holds exactly `min(capacity, n_seen)` rows.
 
         Raises:
@@ -195,6 +195,7 @@ def _conform(table: pa.Table, combine: bool = True) -> pa.Table:
     DataContractError naming the column if one is missing, cannot be cast or holds nulls."""
     if not isinstance(table, pa.Table):
         raise DataContractError(f"replay reservoir input: expected a pyarrow Table, got {type(table).__name__}")
+    table = with_weight(table)  # reservoirs saved, and tables built, before `weight` existed: weight 1
     missing = [name for name in RESERVOIR_SCHEMA.names if name not in table.column_names]
     if missing:
         raise DataContractError(f"replay reservoir input: missing column(s) {missing}")

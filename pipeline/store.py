@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from accrete.pipeline.atomic import fsync_dir, fsync_file, write_parquet_atomically, write_text_atomically
-from accrete.pipeline.contract import HISTORY_SCHEMA
+from accrete.pipeline.contract import HISTORY_SCHEMA, with_weight
 from accrete.pipeline.errors import StoreError
 from accrete.pipeline.faults import maybe_fail
 from accrete.pipeline.manifest import SCHEMA_VERSION, Manifest
@@ -231,7 +231,7 @@ class Store:
                 continue  # a damaged base is only a cache: fall back to the per-partition files
             if covered <= wanted:
                 try:
-                    base_table = pq.read_table(base).replace_schema_metadata(None)
+                    base_table = with_weight(pq.read_table(base).replace_schema_metadata(None))
                 except (OSError, pa.ArrowInvalid):
                     continue
                 rest = self._read_history_files(sorted(wanted - covered))
@@ -247,7 +247,7 @@ class Store:
     def _read_history_file(self, date: dt.date) -> pa.Table:
         path = self.history_path(date)
         try:
-            return pq.read_table(path)
+            return with_weight(pq.read_table(path))  # files written before `weight` existed: weight 1
         except (OSError, pa.ArrowInvalid) as exc:
             raise StoreError(f"{path}: history of a consumed partition is unreadable: {exc}") from None
 
@@ -373,7 +373,7 @@ class Store:
 
 # ----- file helpers ---------------------------------------------------------------------------------
 def _history_columns(interactions: pa.Table) -> pa.Table:
-    return interactions.select(HISTORY_SCHEMA.names)
+    return with_weight(interactions).select(HISTORY_SCHEMA.names)
 
 
 def _json_default(value: Any) -> Any:

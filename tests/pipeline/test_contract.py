@@ -57,6 +57,7 @@ def test_implicit_feedback_gets_rating_one(tmp_path):
     part = read_partition(tmp_path, DAY)
     assert not part.has_ratings
     assert part.interactions.column("rating").to_pylist() == [1.0, 1.0, 1.0]
+    assert part.interactions.column("weight").to_pylist() == [1.0, 1.0, 1.0]
 
 
 def test_integer_ids_are_read_as_strings(tmp_path):
@@ -147,16 +148,76 @@ def test_non_finite_or_null_ratings_are_quarantined(tmp_path):
     assert part.quarantine.column("rating").to_pylist()[:2] == ["nan", "inf"]
 
 
-def test_exact_duplicates_keep_the_first_even_across_files(tmp_path):
+def test_exact_duplicate_ratings_keep_the_first_even_across_files(tmp_path):
     write(tmp_path, "interactions", DAY,
-          interactions(user_id=["a", "a", "a"], item_id=["x", "x", "x"], timestamp=[T0, T0, T0 + 1]))
-    write(tmp_path, "interactions", DAY, interactions(user_id=["a"], item_id=["x"], timestamp=[T0]),
+          interactions(user_id=["a", "a", "a"], item_id=["x", "x", "x"], timestamp=[T0, T0, T0 + 1], rating=[4.0] * 3))
+    write(tmp_path, "interactions", DAY, interactions(user_id=["a"], item_id=["x"], timestamp=[T0], rating=[4.0]),
           name="part-1.parquet")
     part = read_partition(tmp_path, DAY)
     assert part.interactions.column("timestamp").to_pylist() == [T0, T0 + 1]
     q = part.quarantine.to_pylist()
     assert [(r["reason"], r["file"].rsplit("/", 1)[1], r["row"]) for r in q] == [
         ("duplicate_row", "part-0.parquet", 1), ("duplicate_row", "part-1.parquet", 0)]
+    assert part.report["aggregated"] == {"interactions": 0}
+
+
+def test_implicit_lines_of_one_user_item_and_time_are_aggregated_with_their_weights_summed(tmp_path):
+    write(tmp_path, "interactions", DAY,
+          {"user_id": ["a", "b", "a", "a"], "item_id": ["x", "x", "x", "x"], "timestamp": [T0, T0, T0, T0 + 1],
+           "weight": [2.0, 1.0, 3.5, 1.0]})
+    write(tmp_path, "interactions", DAY, {"user_id": ["a"], "item_id": ["x"], "timestamp": [T0]},
+          name="part-1.parquet")  # no weight column: weight 1
+    part = read_partition(tmp_path, DAY)
+    rows = part.interactions.select(["user_id", "timestamp", "weight"]).to_pylist()
+    assert rows == [{"user_id": "a", "timestamp": T0, "weight": 6.5}, {"user_id": "b", "timestamp": T0, "weight": 1.0},
+                    {"user_id": "a", "timestamp": T0 + 1, "weight": 1.0}]
+    assert part.quarantine.num_rows == 0
+    assert part.report["aggregated"] == {"interactions": 2}
+    assert part.report["rows_read"]["interactions"] == part.report["rows_kept"]["interactions"] + 2
+
+
+def test_aggregation_is_exact_on_many_lines(tmp_path):
+    rng = np.random.default_rng(1)
+    n = 20_000
+    users, items = rng.integers(0, 300, n), rng.integers(0, 50, n)
+    stamps, weights = T0 + rng.integers(0, 5, n), rng.integers(1, 10, n).astype(np.float32)
+    write(tmp_path, "interactions", DAY, {"user_id": users.astype(str), "item_id": items.astype(str),
+                                          "timestamp": stamps, "weight": weights})
+    part = read_partition(tmp_path, DAY)
+    expected = pa.table({"u": users.astype(str), "i": items.astype(str), "t": stamps, "w": weights.astype(np.float64)}) \
+        .group_by(["u", "i", "t"]).aggregate([("w", "sum")])
+    got = part.interactions
+    assert got.num_rows == expected.num_rows
+    assert part.report["aggregated"]["interactions"] == n - expected.num_rows
+    assert float(np.sum(got["weight"].to_numpy(), dtype=np.float64)) == float(weights.sum(dtype=np.float64))
+    key = pa.table({"u": got["user_id"], "i": got["item_id"], "t": got["timestamp"], "w": got["weight"].cast(pa.float64())})
+    joined = key.join(expected, ["u", "i", "t"])
+    assert joined.num_rows == got.num_rows and np.array_equal(joined["w"].to_numpy(), joined["w_sum"].to_numpy())
+
+
+def test_weights_default_to_one_and_bad_weights_are_quarantined(tmp_path):
+    write(tmp_path, "interactions", DAY,
+          {"user_id": list("abcdefg"), "item_id": list("vwxyzst"), "timestamp": [T0] * 7,
+           "weight": [2.5, 0.0, -1.0, float("nan"), float("inf"), None, 1e300]})
+    part = read_partition(tmp_path, DAY)
+    assert part.interactions.schema == contract.INTERACTIONS_SCHEMA
+    assert part.interactions.column("weight").to_pylist() == [2.5]
+    assert reasons(part) == ["invalid_weight"] * 6
+    assert part.quarantine.column("weight").to_pylist()[:2] == ["0", "-1"]
+    assert part.report["quarantined"] == {"invalid_weight": 6}
+
+
+def test_a_string_weight_column_is_a_file_error(tmp_path):
+    path = write(tmp_path, "interactions", DAY, interactions(weight=["1", "2", "3"]))
+    with pytest.raises(DataContractError, match=f"{path}: column 'weight' has type string"):
+        read_partition(tmp_path, DAY)
+
+
+def test_with_weight_adds_the_default_only_when_missing():
+    table = pa.table({"user_id": ["a"], "weight": pa.array([3.0], pa.float32())})
+    assert contract.with_weight(table) is table
+    added = contract.with_weight(table.drop_columns(["weight"]))
+    assert added.column("weight").type == pa.float32() and added.column("weight").to_pylist() == [1.0]
 
 
 def test_rows_differing_only_in_rating_are_not_duplicates(tmp_path):

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from accrete.pipeline.contract import list_partitions, read_partition
+from accrete.pipeline.contract import item_attribute_tokens, list_partitions, read_partition
 from accrete.pipeline.converters import convert_generic, first_unparsable
 from accrete.pipeline.errors import DataContractError
 from accrete.pipeline.movielens import convert_movielens
@@ -202,7 +202,7 @@ def test_generic_csv_reads_iso_times_with_zones_millisecond_epochs_and_keeps_lea
                     rating_col="stars", time_unit="iso", freq="day")
     _, tables = read_all(tmp_path / "data")
     day4 = int(datetime.datetime(2024, 3, 4, tzinfo=datetime.timezone.utc).timestamp())
-    assert tables["interactions"].to_pylist() == [
+    assert tables["interactions"].drop_columns(["weight"]).to_pylist() == [
         {"user_id": "007", "item_id": "x", "timestamp": day4, "rating": 4.0},
         {"user_id": "9", "item_id": "z", "timestamp": day4 + 8 * 3600, "rating": 1.0},
         {"user_id": "007", "item_id": "y", "timestamp": day4 + 21.5 * 3600, "rating": 5.0},
@@ -228,6 +228,84 @@ def test_generic_items_and_users_files_become_attributes(tmp_path):
     assert tables["users"].to_pylist() == [{"user_id": "1", "segment": "new"}, {"user_id": "2", "segment": "loyal"}]
 
 
+def test_generic_weights_are_carried_and_lines_of_one_user_item_and_time_are_summed(tmp_path):
+    (tmp_path / "log.csv").write_text(
+        "customer,sku,at,quantity\n"
+        "c1,a,2024-03-04T10:00:00,6\n"
+        "c1,b,2024-03-04T10:00:00,2\n"
+        "c1,a,2024-03-04T10:00:00,12\n"     # the same basket line again: one interaction, 18
+        "c2,a,2024-03-04T10:00:00,1.5\n"
+        "c1,a,2024-03-05T09:00:00,6\n")     # a later purchase: its own interaction
+    summary = convert_generic(tmp_path / "log.csv", tmp_path / "data", user_col="customer", item_col="sku",
+                              time_col="at", time_unit="iso", weight_col="quantity", freq="day")
+    assert (summary["lines"], summary["interactions"], summary["aggregated"]) == (5, 4, 1)
+    parts, tables = read_all(tmp_path / "data")
+    assert sum(p.quarantine.num_rows for p in parts) == 0
+    assert sum(p.report["aggregated"]["interactions"] for p in parts) == 0  # already one row per event on disk
+    rows = {(r["user_id"], r["item_id"], r["timestamp"] % 86_400 // 3600): r["weight"]
+            for r in tables["interactions"].to_pylist()}
+    assert rows == {("c1", "a", 10): 18.0, ("c1", "b", 10): 2.0, ("c2", "a", 10): 1.5, ("c1", "a", 9): 6.0}
+    assert tables["interactions"]["weight"].type == pa.float32()
+
+
+def test_generic_implicit_lines_without_weights_are_summed_to_a_count(tmp_path):
+    (tmp_path / "log.csv").write_text("u,i,t\n1,10,1709546400\n1,10,1709546400\n1,10,1709546400\n2,10,1709546400\n")
+    summary = convert_generic(tmp_path / "log.csv", tmp_path / "data", user_col="u", item_col="i", time_col="t")
+    assert (summary["interactions"], summary["aggregated"]) == (2, 2)
+    _, tables = read_all(tmp_path / "data")
+    assert sorted(tables["interactions"]["weight"].to_pylist()) == [1.0, 3.0]
+
+
+def test_generic_ratings_keep_equal_lines_for_the_pipeline_to_quarantine(tmp_path):
+    (tmp_path / "log.csv").write_text("u,i,t,r\n1,10,1709546400,4\n1,10,1709546400,4\n")
+    summary = convert_generic(tmp_path / "log.csv", tmp_path / "data", user_col="u", item_col="i", time_col="t",
+                              rating_col="r")
+    assert summary["ratings"] == 2 and "aggregated" not in summary
+    parts, _ = read_all(tmp_path / "data")
+    assert parts[0].report["quarantined"] == {"duplicate_row": 1}
+
+
+def test_generic_item_descriptions_become_word_tokens(tmp_path):
+    (tmp_path / "log.csv").write_text("u,i,t\n1,10,1709546400\n2,11,1709632800\n2,12,1709632800\n")
+    (tmp_path / "items.csv").write_text(
+        'i,description\n10,WHITE HANGING HEART T-LIGHT HOLDER\n11,"PACK OF 72 RETROSPOT CAKE CASES"\n12,\n')
+    summary = convert_generic(tmp_path / "log.csv", tmp_path / "data", user_col="u", item_col="i", time_col="t",
+                              items=tmp_path / "items.csv", freq="day")
+    assert summary["text_col"] == "description"
+    _, tables = read_all(tmp_path / "data")
+    words = dict(zip(tables["items"]["item_id"].to_pylist(), tables["items"]["words"].to_pylist()))
+    assert words == {"10": ["white", "hanging", "heart", "light", "holder"], "11": ["retrospot", "cake", "cases"],
+                     "12": []}
+    assert tables["items"]["description"].to_pylist()[0] == "WHITE HANGING HEART T-LIGHT HOLDER"
+    ids, (index, tokens) = item_attribute_tokens(tables["items"])
+    by_item = {ids[int(k)].as_py(): [] for k in index}
+    for k, token in zip(index, tokens.to_pylist()):
+        by_item[ids[int(k)].as_py()].append(token)
+    assert by_item == {"10": ["words=hanging", "words=heart", "words=holder", "words=light", "words=white"],
+                       "11": ["words=cake", "words=cases", "words=retrospot"]}
+
+
+def test_generic_text_col_names_another_column_and_a_missing_one_is_an_error(tmp_path):
+    (tmp_path / "log.csv").write_text("u,i,t\n1,10,1709546400\n")
+    (tmp_path / "items.csv").write_text("i,name,description\n10,Velvet Armchair,ignored words here\n")
+    convert_generic(tmp_path / "log.csv", tmp_path / "data", user_col="u", item_col="i", time_col="t",
+                    items=tmp_path / "items.csv", text_col="name")
+    _, tables = read_all(tmp_path / "data")
+    assert tables["items"]["words"].to_pylist() == [["velvet", "armchair"]]
+    with pytest.raises(DataContractError, match=r"items.csv: no text column 'label' \(--text-col\); attribute columns: name, description$"):
+        convert_generic(tmp_path / "log.csv", tmp_path / "other", user_col="u", item_col="i", time_col="t",
+                        items=tmp_path / "items.csv", text_col="label")
+
+
+def test_movielens_genres_arrive_as_tokens(tmp_path):
+    write_ml1m(tmp_path / "ml-1m")
+    convert_movielens(tmp_path / "ml-1m", tmp_path / "data")
+    _, tables = read_all(tmp_path / "data")
+    ids, (index, tokens) = item_attribute_tokens(tables["items"])
+    star_wars = [t for k, t in zip(index, tokens.to_pylist()) if ids[int(k)].as_py() == "260"]
+    assert star_wars == ["genres=Action", "genres=Adventure", "genres=Fantasy", "genres=Sci-Fi"]
+
+
 GENERIC_ERRORS = [
     # (file name, content, options, fragments of the one-line error)
     ("log.csv", "user,item,ts\n1,2,3\n", dict(time_col="timestamp"),
@@ -244,11 +322,21 @@ GENERIC_ERRORS = [
      ["log.csv: line 2, column 'stars': rating nan is not a finite float32 number"]),
     ("log.csv", "user,item,timestamp,stars\n1,2,1709546400,1e300\n", dict(rating_col="stars"),
      ["line 2, column 'stars': rating 1e+300 is not a finite float32 number"]),
+    ("log.csv", "user,item,timestamp,qty\n1,2,1709546400,3\n1,3,1709546400,0\n1,4,1709546400,-1\n",
+     dict(weight_col="qty"), ["log.csv: line 3, column 'qty': weight 0.0 is not a finite number > 0", "2 rows"]),
+    ("log.csv", "user,item,timestamp,qty\n1,2,1709546400,\n", dict(weight_col="qty"),
+     ["log.csv: line 2, column 'qty': '' is not a number (weight)"]),
+    ("log.csv", "user,item,timestamp,qty\n1,2,1709546400,nan\n", dict(weight_col="qty"),
+     ["line 2, column 'qty': weight nan is not a finite number > 0"]),
+    ("log.csv", "user,item,timestamp,qty\n1,2,1709546400,lots\n", dict(weight_col="qty"),
+     ["line 2, column 'qty': 'lots' is not a number (weight)"]),
+    ("log.csv", "user,item,timestamp\n1,2,3\n", dict(text_col="description"), ["--text-col description", "--items"]),
     ("log.csv", "user,item,timestamp\n1,2\n", {}, ["log.csv: unreadable", "Expected 3 columns, got 2"]),
     ("log.csv", "user,item,timestamp\n", {}, ["log.csv: no rows"]),
     ("log.json", "{}", {}, ["log.json: unknown format"]),
     ("log.parquet", "user,item,timestamp\n1,2,3\n", {}, ["log.parquet: unreadable Parquet file"]),
     ("log.csv", "user,item,timestamp\n1,2,3\n", dict(item_col="user"), ["must name different columns"]),
+    ("log.csv", "user,item,timestamp\n1,2,3\n", dict(weight_col="timestamp"), ["must name different columns"]),
 ]
 
 
@@ -283,7 +371,7 @@ def test_a_directory_of_parquet_files_is_one_log_and_an_error_names_the_file_and
     pq.write_table(pa.table({"u": ["a", "b"], "i": [1, 2], "t": [1709546400, 1709546401]}), tmp_path / "log" / "a.parquet")
     pq.write_table(pa.table({"u": ["c", "d"], "i": [3, 4], "t": [1709632800, 1709632801]}), tmp_path / "log" / "b.parquet")
     summary = convert_generic(tmp_path / "log", tmp_path / "data", user_col="u", item_col="i", time_col="t", freq="day")
-    assert (summary["ratings"], summary["partitions"]) == (4, 2)
+    assert (summary["interactions"], summary["partitions"]) == (4, 2) and "ratings" not in summary
     pq.write_table(pa.table({"u": ["c", None], "i": [3, 4], "t": [1709632800, 1709632801]}), tmp_path / "log" / "b.parquet")
     with pytest.raises(DataContractError, match=r"log/b.parquet: row 1, column 'u': missing ID \(1 rows without one\)"):
         convert_generic(tmp_path / "log", tmp_path / "other", user_col="u", item_col="i", time_col="t")

@@ -103,6 +103,16 @@ def test_metrics_match_hand_computed_values_on_a_tiny_example():
     assert_metrics_equal(tiny_metrics(), expected)
 
 
+def test_the_young_items_slice_restricts_relevance_to_the_given_items_and_exists_only_when_asked():
+    # Young item 3 is relevant to user 3 only (R_3 = {2, 3}), at rank 2 of 1, 2, 3, 5.
+    metrics = tiny_metrics(young_items=np.array([3]))
+    assert_metrics_equal({k: v for k, v in metrics.items() if k.endswith("/young_items")}, {
+        "recall@1/young_items": 0.0, "ndcg@1/young_items": 0.0, "recall@4/young_items": 1.0,
+        "ndcg@4/young_items": 0.5, "users/young_items": 1})
+    assert {k: v for k, v in metrics.items() if not k.endswith("/young_items")} == tiny_metrics()
+    assert not any(k.endswith("/young_items") for k in tiny_metrics())
+
+
 def test_seen_items_row_zero_and_excluded_items_are_never_recommended():
     rng = np.random.default_rng(3)
     n_users, n_items = 30, 25

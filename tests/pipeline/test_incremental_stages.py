@@ -81,7 +81,7 @@ def test_evaluate_before_training_scores_the_partition_without_moving_a_row(path
     vectors = step.state.item_vectors.copy()
     evaluate_before_training(step)
     assert 0.0 <= step.metrics["recall@10"] <= 1.0 and step.metrics["users"] > 0
-    assert "recall@10/new_items" in step.metrics and "recall@10/recent_items" in step.metrics
+    assert "recall@10/new_items" in step.metrics and "recall@10/young_items" in step.metrics
     assert step.state.item_vectors.tobytes() == vectors.tobytes()
     assert len(step.history_users) == len(step.history_items) > 0
 

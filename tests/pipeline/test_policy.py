@@ -1,15 +1,18 @@
 """The nightly policy on a real store: what is pending, which retrain is owed, when a run has nothing to do."""
 from __future__ import annotations
 
+import datetime as dt
+import shutil
+
 import pytest
 
 from accrete.pipeline import contract
 from accrete.pipeline.config import AccreteConfig
 from accrete.pipeline.errors import StoreError
-from accrete.pipeline.retrain import run_full_retrain
 from accrete.pipeline.incremental import run_incremental_step
-from accrete.pipeline.policy import (applied_partitions, nothing_to_do, owed_retrain, pending_partitions, reasons_list,
-                             retrain_reason)
+from accrete.pipeline.policy import (applied_partitions, missing_period_warning, missing_periods, nothing_to_do,
+                                     owed_retrain, pending_partitions, reasons_list, retrain_reason)
+from accrete.pipeline.retrain import run_full_retrain
 from accrete.pipeline.store import Store
 from accrete.pipeline.synthetic import generate_world
 
@@ -84,3 +87,35 @@ def test_a_nightly_step_names_the_settings_it_cannot_apply_and_keeps_the_stores(
         "store's value until the next full retrain (`accrete retrain`)"]
     assert Store(store).load().item_vectors.shape[1] == 8
     assert run_incremental_step(world, store, dates[2], config=DUE_NEXT_STEP).manifest["warnings"] == []
+
+
+# ----- missing periods (a backfill over a range with a lost period warns) -------------------------------------
+def _weeks(*offsets):
+    return [dt.date(2011, 1, 3) + dt.timedelta(weeks=k) for k in offsets]
+
+
+def test_missing_periods_names_the_weeks_between_partitions_and_before_the_range():
+    present = _weeks(0, 1, 3, 6, 7)
+    assert missing_periods(present, "week", *_weeks(1, 7)) == _weeks(2, 4, 5)
+    # The range follows on from the last partition before it: a gap just before `start` is lost all the same.
+    assert missing_periods(present, "week", *_weeks(6, 7)) == _weeks(4, 5)
+    assert missing_periods(present, "week", *_weeks(0, 1)) == []
+    # After the last partition nothing is missing yet; an end far in the future adds nothing.
+    assert missing_periods(present, "week", _weeks(7)[0], dt.date(2030, 1, 1)) == []
+    assert missing_periods([dt.date(2024, 1, 1), dt.date(2024, 4, 1)], "month", dt.date(2024, 1, 1),
+                           dt.date(2024, 12, 31)) == [dt.date(2024, 2, 1), dt.date(2024, 3, 1)]
+    assert missing_periods([dt.date(2024, 1, 1), dt.date(2024, 1, 4)], "day", dt.date(2024, 1, 1),
+                           dt.date(2024, 1, 4)) == [dt.date(2024, 1, 2), dt.date(2024, 1, 3)]
+
+
+def test_missing_period_warning_reads_the_data_directory(world, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(world, data)
+    dates = contract.list_partitions(data)
+    assert missing_period_warning(data, dates[0], dates[-1]) is None
+    for entity in ("interactions", "users", "items"):
+        shutil.rmtree(data / entity / f"date={dates[2].isoformat()}", ignore_errors=True)
+    warning = missing_period_warning(data, dates[1], dates[-1])
+    assert warning is not None and "\n" not in warning
+    assert warning.startswith(f"{data}: no partition for 1 day period(s) in or just before {dates[1]} to {dates[-1]}: "
+                              f"{dates[2]};")

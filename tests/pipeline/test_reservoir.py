@@ -18,8 +18,20 @@ def interactions(start: int, stop: int) -> pa.Table:
             "item_id": pa.array([f"i{i}" for i in t], pa.string()),
             "timestamp": pa.array(t, pa.int64()),
             "rating": pa.array((t % 5 + 1).astype(np.float32) / 2, pa.float32()),
+            "weight": pa.array((t % 3 + 1).astype(np.float32), pa.float32()),
         }
     )
+
+
+def test_rows_without_a_weight_are_held_with_weight_one(tmp_path):
+    """Tables, and reservoir files saved, before the contract had `weight`."""
+    reservoir = ReplayReservoir(capacity=10, seed=3)
+    reservoir.add(interactions(0, 4).drop_columns(["weight"]))
+    assert reservoir.table().column("weight").to_pylist() == [1.0] * 4
+    old = reservoir.table().drop_columns(["weight"]).replace_schema_metadata(
+        {b"accrete.reservoir": b'{"format": 1, "capacity": 10, "seed": 3, "n_seen": 4}'})
+    pq.write_table(old, tmp_path / "old.parquet")
+    assert ReplayReservoir.load(tmp_path / "old.parquet").table().equals(reservoir.table())
 
 
 def held_numbers(reservoir: ReplayReservoir) -> np.ndarray:
