@@ -67,7 +67,7 @@ DEFAULT_ONLINE_RETAIL = SHARED_DATA / "online-retail-h1"
 YOUNG = "recall@10/young_items"
 KEYS = (*evaluation.HEADLINE_METRICS, "recall@10/existing", YOUNG, "ndcg@10/young_items", "users/young_items")
 HALF_LIVES = (7, 14, 30, 60, 120, 240, 365)
-WEIGHTS = (0.5, 1.0, 2.0, 5.0, 10.0)
+WEIGHTS = tuple(w for w in AccreteConfig().model.weight_candidates if w > 0)  # the default recipe's scale
 RECENT_WEEKS = (1, 2, 4, 8)
 # The retrieval objective's grid, tried on the tuning range: Adagrad learning rate x softmax temperature.
 RETRIEVAL_GRID = tuple((lr, t) for lr in (0.05, 0.2) for t in (0.2, 1.0))
@@ -395,13 +395,13 @@ def main(argv: list[str] | None = None) -> int:
     tune_summary = summarize(tune_results)
     print_table(f"TUNING RANGE ({tune_dates[0]} .. {tune_dates[-1]}, {len(tune_dates)} weeks)", tune_summary)
     best_weight = max(weights, key=lambda w: tune_summary[f"accrete weight={w:g}"]["recall@10"]) if weights else \
-        base.model.recency_weight
+        base.model.weight
     tuned = base.replace(model={"recency_weight": best_weight, "recency_half_life_days": half_life,
                                 "recency_weight_candidates": ()})
     best_retrieval = max(grid, key=lambda p: tune_summary.get(f"retrieval lr={p[0]:g} t={p[1]:g}", {})
                          .get("recall@10", -1.0)) if grid else (base.train.learning_rate, base.model.temperature)
     print(f"\nchosen on the tuning range: decayed-popularity half-life {half_life:g} d, Accrete recency_weight "
-          f"{best_weight:g} (defaults: {base.model.recency_half_life_days:g} d, {base.model.recency_weight:g})"
+          f"{best_weight:g} (defaults: {base.model.recency_half_life_days:g} d, {base.model.weight:g})"
           + (f"; retrieval learning rate {best_retrieval[0]:g}, temperature {best_retrieval[1]:g}"
              if "retrieval" in wanted else ""))
 
