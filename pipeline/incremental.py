@@ -781,7 +781,6 @@ def publish_step(step: Step) -> StepResult:
     assert verdict is not None, "measure_drift runs before publish_step"
     store, date = step.store, step.date
     version = store.require_current() + 1  # after --force the parent is older than the current version
-    store.write_history(date, partition.interactions)
     manifest = {
         "version": version, "parent": int(parent["version"]),
         "generation": int(parent["generation"]), "kind": "incremental",
@@ -806,7 +805,7 @@ def publish_step(step: Step) -> StepResult:
     manifest["timings"] = step.timings
     step.progress(f"publishing version {version}")
     clock = time.perf_counter()
-    store.publish(state, manifest, quarantine=partition.quarantine)
+    store.publish(state, manifest, quarantine=partition.quarantine, history={date: partition.interactions})
     step.timings["publish"] = time.perf_counter() - clock
     _append_drift(store, state.manifest)
     return StepResult("incremental", version, date, state.manifest,
@@ -887,7 +886,7 @@ def _full_retrain(config: AccreteConfig, data_dir: Path, store: Store, as_of: dt
             store, current, as_of - dt.timedelta(days=config.retrain.compact_inactive_days))
 
     interactions, quarantined, reports, has_ratings = [], [], {}, False
-    written_history: dict[dt.date, pa.Table] = {}  # held for training anyway: not read back for the base
+    new_history: dict[dt.date, pa.Table] = {}  # written by the publish, inside its commit
     for date in dates:
         if date in consumed and date not in train_dates:
             continue
@@ -899,9 +898,7 @@ def _full_retrain(config: AccreteConfig, data_dir: Path, store: Store, as_of: dt
             user_vocab.extend(_ids(partition.users["user_id"], partition.interactions["user_id"]), date)
             item_vocab.extend(_ids(partition.items["item_id"], partition.interactions["item_id"]), date)
             item_tokens = pa.concat_tables([item_tokens, _tokens_table(partition.items, item_vocab, first_new_item)])
-            store.write_history(date, partition.interactions)
-            if date in train_dates:
-                written_history[date] = partition.interactions
+            new_history[date] = partition.interactions
             if partition.quarantine.num_rows:
                 quarantined.append(partition.quarantine)
         if date in train_dates:
@@ -987,10 +984,6 @@ def _full_retrain(config: AccreteConfig, data_dir: Path, store: Store, as_of: dt
 
     version = (current.version + 1) if current else 1
     all_consumed = sorted({*(d.isoformat() for d in consumed), *(d.isoformat() for d in dates)})
-    progress(f"consolidating the history of {len(all_consumed)} partitions")
-    clock = time.perf_counter()
-    store.write_history_base([dt.date.fromisoformat(d) for d in all_consumed], written_history)
-    timings["history"] = time.perf_counter() - clock
     manifest = {
         "version": version, "parent": current.version if current else None,
         "generation": (int(current.manifest["generation"]) + 1) if current else 1,
@@ -1017,7 +1010,7 @@ def _full_retrain(config: AccreteConfig, data_dir: Path, store: Store, as_of: dt
     manifest["timings"] = timings
     quarantine = pa.concat_tables(quarantined) if quarantined else None
     progress(f"publishing version {version} (generation {manifest['generation']})")
-    store.publish(state, manifest, quarantine=quarantine)
+    store.publish(state, manifest, quarantine=quarantine, history=new_history)
     return StepResult("full_retrain", version, as_of, state.manifest,
                       f"full retrain as of {as_of}: version {version}, generation {manifest['generation']}")
 

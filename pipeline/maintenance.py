@@ -1,12 +1,14 @@
-"""Keeping a store healthy for months of nightly runs: delete old versions safely (`collect_garbage`) and
-check everything a store holds against its manifests (`verify_store`).
+"""Keeping a store healthy for months of nightly runs: delete old versions safely (`collect_garbage`),
+check everything a store holds against its manifests (`verify_store`), and what each version cost
+(`version_costs`).
 
-Every version is a full copy of the tables (they grow with the catalogue), so a store that publishes a
-version a night grows without bound; see docs/operations.md for measured sizes. Garbage collection
-keeps CURRENT, the newest versions, optionally whole recent generations, and what CURRENT's lineage
-still needs; it deletes the rest by first renaming each doomed version to a trash name (atomic: the
-version is either there and intact or gone) and only then removing the trash, so a crash at any
-moment leaves a store that loads and verifies. The next `gc` or publish removes a crash's trash.
+A version writes only what changed (its parts share segments with the versions before it, see
+`pipeline.parts`), but a store that publishes a version a night still grows; see docs/operations.md for
+measured sizes. Garbage collection keeps CURRENT, the newest versions, optionally whole recent generations,
+and what CURRENT's lineage still needs; a segment is deleted only when no kept version's parts list it. It
+first renames each doomed version to a trash name (atomic: the version is either there and intact or gone),
+then moves the segments no kept version uses into a trash directory, and only then removes the trash, so a
+crash at any moment leaves a store that loads and verifies. The next `gc` or publish removes a crash's trash.
 """
 from __future__ import annotations
 
@@ -27,8 +29,9 @@ from accrete.pipeline.decision import read_drift_record
 from accrete.pipeline.errors import StoreError
 from accrete.pipeline.faults import maybe_fail
 from accrete.pipeline.manifest import Manifest
+from accrete.pipeline.parts import SEGMENT_TRASH_PREFIX, SEGMENTS
 from accrete.pipeline.store import (CURRENT, DRIFT, HISTORY, MANIFEST, TRASH_PREFIX, VERSIONS, Store, _file_sha256,
-                            sha256_of_array, version_name)
+                                    has_parts, remove_path, sha256_of_array, version_name)
 
 
 def _tree_bytes(path: Path) -> int:
@@ -48,7 +51,8 @@ class GcPlan:
     removed: list[int]
     removed_bytes: int
     history_files: list[Path]  # superseded consolidated history files (a cache)
-    leftovers: list[Path]  # directories crashed runs left under versions/
+    leftovers: list[Path]  # what crashed runs left (Store.leftovers)
+    segments: list[Path] = field(default_factory=list)  # segments no kept version's parts list
     other_bytes: int = 0
 
     def summary(self, store: Store, dry_run: bool) -> dict[str, Any]:
@@ -57,6 +61,7 @@ class GcPlan:
                 "removed": self.removed, "removed_versions": len(self.removed),
                 "removed_history_files": [p.name for p in self.history_files],
                 "removed_leftovers": [p.name for p in self.leftovers],
+                "removed_segments": len(self.segments),
                 "freed_bytes": self.removed_bytes + self.other_bytes}
 
 
@@ -106,10 +111,27 @@ def plan_gc(store_dir: str | Path, keep: int, keep_generations: int = 0) -> GcPl
     removed = sorted(v for v in manifests if v not in kept)
     leftovers = store.leftovers(current)
     history_files = _superseded_history_bases(store, manifests[current])
+    segments = unreferenced_segments(store, [manifests[v] for v in kept])
     return GcPlan(current=current, kept=kept, removed=removed,
-                  removed_bytes=sum(_tree_bytes(store.version_dir(v)) for v in removed),
-                  history_files=history_files, leftovers=leftovers,
+                  removed_bytes=sum(_tree_bytes(store.version_dir(v)) for v in removed) + sum(_tree_bytes(p) for p in segments),
+                  history_files=history_files, leftovers=leftovers, segments=segments,
                   other_bytes=sum(_tree_bytes(p) for p in [*leftovers, *history_files]))
+
+
+def referenced_segments(manifests: list[dict[str, Any]]) -> set[str]:
+    """The segment keys the parts of these manifests list (the one list gc and verify read)."""
+    return {key for manifest in manifests if has_parts(manifest)
+            for record in manifest["parts"].values() for key in record.get("segments", [])}
+
+
+def unreferenced_segments(store: Store, kept: list[dict[str, Any]]) -> list[Path]:
+    """Segment files no kept version uses: those only removed versions used, and those of failed publishes."""
+    directory = store.root / SEGMENTS
+    if not directory.is_dir():
+        return []
+    used = referenced_segments(kept)
+    return sorted(path for sub in directory.iterdir() if sub.is_dir() and not sub.name.startswith(".")
+                  for path in sub.iterdir() if path.name not in used)
 
 
 def _superseded_history_bases(store: Store, current_manifest: dict[str, Any]) -> list[Path]:
@@ -144,7 +166,7 @@ def collect_garbage(store_dir: str | Path, keep: int, keep_generations: int = 0,
         store.verify_files(store.require_current())
         plan = plan_gc(store_dir, keep, keep_generations)
         for path in plan.leftovers:
-            shutil.rmtree(path)
+            remove_path(path)
         versions_dir = store.root / VERSIONS
         trash = []
         for version in plan.removed:
@@ -153,6 +175,16 @@ def collect_garbage(store_dir: str | Path, keep: int, keep_generations: int = 0,
             trash.append(target)
             maybe_fail("gc:renamed-one")
         fsync_dir(versions_dir)
+        # Only now, with every doomed version gone, may the segments they alone used go: a crash before
+        # this point leaves them unreferenced (the next gc takes them), never a kept version without them.
+        if plan.segments:
+            segment_trash = store.root / SEGMENTS / f"{SEGMENT_TRASH_PREFIX}{os.getpid()}"
+            segment_trash.mkdir(exist_ok=True)
+            for path in plan.segments:
+                os.rename(path, segment_trash / path.name)
+            fsync_dir(segment_trash.parent)
+            trash.append(segment_trash)
+            maybe_fail("gc:segments-trashed")
         maybe_fail("gc:before-delete")
         for target in trash:
             shutil.rmtree(target)
@@ -173,6 +205,8 @@ def format_gc(summary: dict[str, Any]) -> str:
         extra.append(f"{len(summary['removed_history_files'])} superseded history file(s)")
     if summary["removed_leftovers"]:
         extra.append(f"{len(summary['removed_leftovers'])} crash leftover(s)")
+    if summary.get("removed_segments"):
+        extra.append(f"{summary['removed_segments']} unused segment(s)")
     return (f"{verb} {summary['removed_versions']} version(s) ({span})" + (f" and {', '.join(extra)}" if extra else "")
             + f": {summary['freed_bytes'] / 1e6:.1f} MB; kept {len(kept)} version(s) "
               f"({version_name(kept[0])}..{version_name(kept[-1])}), CURRENT {version_name(summary['current'])}")
@@ -219,8 +253,10 @@ def _read_manifest(path: Path, version: int, problems: list[str]) -> dict[str, A
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         problems.append(f"{path}: damaged manifest ({exc})")
         return None
-    missing = [key for key in ("version", "generation", "kind", "files", "rows") if key not in manifest] \
+    missing = [key for key in ("version", "generation", "kind", "rows") if key not in manifest] \
         if isinstance(manifest, dict) else ["(not an object)"]
+    if isinstance(manifest, dict) and "files" not in manifest and not has_parts(manifest):
+        missing.append("parts")
     if missing:
         problems.append(f"{path}: damaged manifest (no {', '.join(missing)})")
         return None
@@ -235,22 +271,26 @@ def _read_manifest(path: Path, version: int, problems: list[str]) -> dict[str, A
     return manifest
 
 
-def _verify_files(directory: Path, manifest: dict[str, Any], problems: list[str]) -> bool:
-    intact = True
+def _verify_files(store: Store, version: int, manifest: dict[str, Any], problems: list[str], checked: set[str]) -> bool:
+    """Every part (every file, in a store written before parts) is present and intact; a part's content,
+    rebuilt from its segments, matches the manifest's digest. Shared segments are hashed once (`checked`)."""
+    directory = store.version_dir(version)
+    before = len(problems)
+    if has_parts(manifest):
+        for name, record in manifest["parts"].items():
+            problems += store.part_problems(version, name, record, checked=checked)
+        return len(problems) == before
     for name, digest in manifest["files"].items():
         path = directory / name
         if not path.is_file():
             problems.append(f"{path}: missing")
-            intact = False
         elif _file_sha256(path) != digest:
             problems.append(f"{path}: checksum mismatch (sha256 differs from the manifest's)")
-            intact = False
-    return intact
+    return len(problems) == before
 
 
-def _frozen_block(directory: Path, entity: str, rows: int) -> str:
-    vectors = np.load(directory / f"{entity}_vectors.npy", mmap_mode="r")
-    return sha256_of_array(vectors[:rows])
+def _frozen_block(store: Store, version: int, manifest: dict[str, Any], entity: str, rows: int) -> str:
+    return sha256_of_array(store.read_array(version, f"{entity}_vectors", manifest)[:rows])
 
 
 def _verify_frozen_blocks(store: Store, version: int, manifest: dict[str, Any], intact: dict[int, dict],
@@ -265,23 +305,23 @@ def _verify_frozen_blocks(store: Store, version: int, manifest: dict[str, Any], 
     fine_tuned = (manifest.get("config", {}).get("model", {}).get("frozen_lr_multiplier", 0.0) or 0.0) > 0
     for entity, digest in (manifest.get("frozen_checksum") or {}).items():
         rows = int(manifest["rows"].get(f"{entity}_trainable_from", 0))
-        path = directory / f"{entity}_vectors.npy"
+        where = directory / (f"part {entity}_vectors" if has_parts(manifest) else f"{entity}_vectors.npy")
         try:
-            own = _frozen_block(directory, entity, rows)
-        except (OSError, ValueError) as exc:
-            problems.append(f"{path}: unreadable table ({exc})")
+            own = _frozen_block(store, version, manifest, entity, rows)
+        except (OSError, ValueError, StoreError) as exc:
+            problems.append(f"{where}: unreadable table ({exc})")
             continue
         if not fine_tuned and own != digest:
-            problems.append(f"{path}: frozen block (rows 0..{rows - 1}) does not match the manifest's frozen_checksum")
+            problems.append(f"{where}: frozen block (rows 0..{rows - 1}) does not match the manifest's frozen_checksum")
         if same_generation and not fine_tuned:
-            parent_dir = store.version_dir(int(manifest["parent"]))
+            parent_version = int(manifest["parent"])
             try:
-                theirs = _frozen_block(parent_dir, entity, rows)
-            except (OSError, ValueError) as exc:
-                problems.append(f"{parent_dir / path.name}: unreadable table ({exc})")
+                theirs = _frozen_block(store, parent_version, intact[parent_version], entity, rows)
+            except (OSError, ValueError, StoreError) as exc:
+                problems.append(f"{store.version_dir(parent_version)}: {entity} table unreadable ({exc})")
                 continue
             if theirs != own:
-                problems.append(f"{path}: frozen {entity} rows 0..{rows - 1} differ from parent version {parent}'s")
+                problems.append(f"{where}: frozen {entity} rows 0..{rows - 1} differ from parent version {parent}'s")
 
 
 def verify_store(store_dir: str | Path) -> VerifyReport:
@@ -319,6 +359,7 @@ def verify_store(store_dir: str | Path) -> VerifyReport:
         return report
     report.leftovers = [p.name for p in store.leftovers(current)]
 
+    checked: set[str] = set()  # segments found intact (shared by many versions: hashed once)
     readable: dict[int, dict[str, Any]] = {}  # versions whose manifest is readable
     intact: dict[int, dict[str, Any]] = {}  # versions whose manifest and files are intact
     for version in sorted(v for v in version_dirs if v <= current):
@@ -330,7 +371,7 @@ def verify_store(store_dir: str | Path) -> VerifyReport:
         if manifest is None:
             continue
         readable[version] = manifest
-        if _verify_files(directory, manifest, problems):
+        if _verify_files(store, version, manifest, problems, checked):
             intact[version] = manifest
             _verify_frozen_blocks(store, version, manifest, intact, problems)
         parent = manifest.get("parent")
