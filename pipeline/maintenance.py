@@ -271,7 +271,7 @@ def _read_manifest(path: Path, version: int, problems: list[str]) -> dict[str, A
     return manifest
 
 
-def _verify_files(store: Store, version: int, manifest: dict[str, Any], problems: list[str], checked: set[str]) -> bool:
+def _verify_files(store: Store, version: int, manifest: dict[str, Any], problems: list[str], checked: dict[str, str | None]) -> bool:
     """Every part (every file, in a store written before parts) is present and intact; a part's content,
     rebuilt from its segments, matches the manifest's digest. Shared segments are hashed once (`checked`)."""
     directory = store.version_dir(version)
@@ -359,7 +359,7 @@ def verify_store(store_dir: str | Path) -> VerifyReport:
         return report
     report.leftovers = [p.name for p in store.leftovers(current)]
 
-    checked: set[str] = set()  # segments found intact (shared by many versions: hashed once)
+    checked: dict[str, str | None] = {}  # each segment's verdict (shared by many versions: hashed once)
     readable: dict[int, dict[str, Any]] = {}  # versions whose manifest is readable
     intact: dict[int, dict[str, Any]] = {}  # versions whose manifest and files are intact
     for version in sorted(v for v in version_dirs if v <= current):

@@ -299,10 +299,11 @@ class Store:
                 raise StoreError(f"{path}: checksum mismatch, version {version} is damaged ({DAMAGED_HINT})")
 
     def part_problems(self, version: int, name: str, record: PartRecord, *, check_content: bool = True,
-                      checked: set[str] | None = None) -> list[str]:
+                      checked: dict[str, str | None] | None = None) -> list[str]:
         """What is wrong with one part of a version ("PATH: what", each): a missing or damaged segment, and
         with `check_content` the content rebuilt from its segments against the manifest's digest. `checked`
-        holds segments already found intact (shared segments are hashed once per verification)."""
+        remembers each segment's verdict (a segment shared by many versions is hashed once; a damaged one is
+        named for every version that uses it)."""
         where = f"part {name} of version {version}"
         if "path" in record:  # a file in the version directory (the quarantine)
             path = self.version_dir(version) / record["path"]
@@ -312,14 +313,17 @@ class Store:
         problems = []
         for key in record.get("segments", []):
             if checked is not None and key in checked:
-                continue
-            try:
-                self.segments.check(key, where)
-            except StoreError as exc:
-                problems.append(str(exc))
-                continue
-            if checked is not None:
-                checked.add(key)
+                verdict = checked[key]
+            else:
+                try:
+                    self.segments.check(key, "{where}")
+                    verdict = None
+                except StoreError as exc:
+                    verdict = str(exc)
+                if checked is not None:
+                    checked[key] = verdict
+            if verdict is not None:
+                problems.append(verdict.replace("{where}", where))
         if problems or not check_content or record.get("kind") not in ("array", "table"):
             return problems
         try:
