@@ -29,7 +29,7 @@ from accrete.pipeline.decision import read_drift_record
 from accrete.pipeline.errors import StoreError
 from accrete.pipeline.faults import maybe_fail
 from accrete.pipeline.manifest import Manifest
-from accrete.pipeline.parts import SEGMENT_TRASH_PREFIX, SEGMENTS
+from accrete.pipeline.parts import SEGMENT_TRASH_PREFIX, SEGMENTS, changed_rows
 from accrete.pipeline.store import (CURRENT, DRIFT, HISTORY, MANIFEST, TRASH_PREFIX, VERSIONS, Store, _file_sha256,
                                     has_parts, remove_path, sha256_of_array, version_name)
 
@@ -427,3 +427,92 @@ def _verify_drift_log(store: Store, report: VerifyReport) -> None:
         if record is None:
             continue  # not a record's name (e.g. an interrupted append's temporary file)
         report.drift_records += 1
+
+
+# ----- what a version cost ------------------------------------------------------------------------------
+@dataclass
+class VersionCost:
+    """Bytes one version wrote next to the bytes of the rows that changed, split into the model's parts and the
+    interaction history (the partition's interactions by row, and the string-ID history file of the partition).
+
+    `changed_bytes` counts, per array part, the rows whose bytes differ from the parent's plus the rows
+    appended (row bytes as in memory); per table part, the appended rows (Arrow's in-memory size); per new
+    interaction part, its rows. `written_bytes` counts the segments the parent did not have, the version
+    directory (manifest, quarantine), and the history and drift files of the partitions it consumed first."""
+
+    version: int
+    parts_written: int = 0
+    parts_changed: int = 0
+    history_written: int = 0
+    history_changed: int = 0
+    other_written: int = 0
+    by_part: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (written, changed)
+
+    @property
+    def written_bytes(self) -> int:
+        return self.parts_written + self.history_written + self.other_written
+
+    @property
+    def changed_bytes(self) -> int:
+        return self.parts_changed + self.history_changed
+
+
+def version_cost(store_dir: str | Path, version: int) -> VersionCost:
+    """What `version` wrote and what changed in it (see `VersionCost`), against its parent version."""
+    store = Store(store_dir)
+    manifest = store.manifest(version)
+    if not has_parts(manifest):
+        raise StoreError(f"{store.version_dir(version)}: written before parts: every file is a full copy")
+    parent = int(manifest["parent"]) if manifest.get("parent") is not None else None
+    parent_manifest = store.manifest(parent) if parent is not None and parent in store.versions() else {}
+    parent_parts = parent_manifest.get("parts") or {}
+    before = referenced_segments([parent_manifest]) if parent_parts else set()
+    cost = VersionCost(version)
+    for name, record in manifest["parts"].items():
+        if "path" in record:
+            continue  # a file of the version directory, counted below
+        written = sum(store.segments.size(key) for key in record["segments"] if key not in before)
+        changed = _changed_bytes(store, version, parent if parent_parts else None, name, record,
+                                 parent_parts.get(name))
+        if record["kind"] == "interactions":
+            cost.history_written += written
+            cost.history_changed += changed
+        else:
+            cost.parts_written += written
+            cost.parts_changed += changed
+        cost.by_part[name] = (written, changed)
+    cost.other_written = _tree_bytes(store.version_dir(version))
+    first_consumed = set(manifest.get("partitions", [])) - set(parent_manifest.get("partitions", []))
+    for day in first_consumed:
+        path = store.history_path(dt.date.fromisoformat(day))
+        cost.history_written += path.stat().st_size if path.exists() else 0
+        cost.other_written += sum(p.stat().st_size for p in (store.root / DRIFT).glob(f"{day}_v{version:06d}.parquet"))
+    return cost
+
+
+def _changed_bytes(store: Store, version: int, parent: int | None, name: str, record: dict[str, Any],
+                   parent_record: dict[str, Any] | None) -> int:
+    if record["kind"] == "interactions":
+        if parent_record is not None and parent_record.get("segments") == record["segments"]:
+            return 0
+        return store.read_interactions_part(version, name).nbytes
+    if record["kind"] == "file":
+        return _tree_bytes(store.segments.path(record["segments"][0]))
+    if parent_record is not None and parent_record.get("segments") == record["segments"]:
+        return 0
+    if record["kind"] == "array":
+        new = store.read_array(version, name)
+        if parent is None or parent_record is None or parent_record.get("kind") != "array":
+            return int(new.nbytes)
+        old = store.read_array(parent, name)
+        if old.dtype != new.dtype or old.shape[1:] != new.shape[1:] or len(old) > len(new):
+            return int(new.nbytes)
+        row_bytes = new[:1].nbytes
+        return int(len(changed_rows(new, old)) * row_bytes + new[len(old):].nbytes)
+    new_table = store.read_part_table(version, name)
+    if parent is None or parent_record is None:
+        return int(new_table.nbytes)
+    old_rows = int(parent_record.get("rows", 0))
+    if old_rows <= new_table.num_rows and new_table.slice(0, old_rows).equals(store.read_part_table(parent, name)):
+        return int(new_table.slice(old_rows).nbytes)
+    return int(new_table.nbytes)

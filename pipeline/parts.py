@@ -62,7 +62,7 @@ def array_digest(array: np.ndarray) -> str:
     """The content of an array (dtype, shape and bytes), whatever segments hold it."""
     array = np.ascontiguousarray(array)
     digest = hashlib.sha256(f"{array.dtype.str}{list(array.shape)}".encode())
-    digest.update(memoryview(array.reshape(-1).view(np.uint8)))
+    digest.update(array.reshape(-1).view(np.uint8).data)
     return digest.hexdigest()
 
 
@@ -157,7 +157,7 @@ def _save_npy(array: np.ndarray) -> Callable[[BinaryIO], object]:
     return lambda handle: np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
 
 
-def _changed_rows(new: np.ndarray, old: np.ndarray) -> np.ndarray:
+def changed_rows(new: np.ndarray, old: np.ndarray) -> np.ndarray:
     """Rows of `old`'s length whose bytes differ in `new` (bytes: -0.0 vs 0.0 and NaN payloads count)."""
     n = len(old)
     if n == 0:
@@ -178,7 +178,7 @@ def write_array(segments: Segments, array: np.ndarray, previous: tuple[PartRecor
         old_record, old = previous
         if (old.dtype == array.dtype and old.shape[1:] == array.shape[1:] and len(old) <= len(array)
                 and old_record.get("kind") == "array"):
-            changed = _changed_rows(array, old)
+            changed = changed_rows(array, old)
             tail = array[len(old):]
             if not len(changed) and not len(tail):
                 return {**record, "segments": list(old_record["segments"])}

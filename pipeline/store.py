@@ -267,6 +267,14 @@ class Store:
             raise StoreError(f"{self.version_dir(version) / MANIFEST}: version {version} has no part {name}")
         return parts_mod.read_table(self.segments, parts[name], self._where(version, name))
 
+    def read_part_table(self, version: int, name: str) -> pa.Table:
+        """One Arrow-table part of a version (`user_vocab`, `item_tokens`, ...)."""
+        return self._read_table(version, name, self.manifest(version)["parts"]).replace_schema_metadata(None)
+
+    def read_interactions_part(self, version: int, name: str) -> pa.Table:
+        """One interaction part of a version (`history/base`, `history/date=...`), memory-mapped."""
+        return parts_mod.map_interactions(self.segments, self.manifest(version)["parts"][name], self._where(version, name))
+
     def part_segments(self, version: int, name: str) -> list[Path]:
         """The segment files that hold one part of a version, base first."""
         return [self.segments.path(key) for key in self.manifest(version)["parts"][name]["segments"]]
@@ -562,7 +570,9 @@ class Store:
         manifest = {key: value for key, value in manifest.items() if key != "files"}
         manifest = {**manifest, "format": FORMAT, "parts": parts}
         typed = Manifest.from_dict(manifest)  # the writer checks what every reader relies on
-        (tmp / MANIFEST).write_text(json.dumps(typed.to_dict(), indent=2, sort_keys=True, default=_json_default))
+        # Compact JSON: a manifest is written per version, and its partition list grows with the history.
+        (tmp / MANIFEST).write_text(json.dumps(typed.to_dict(), separators=(",", ":"), sort_keys=True,
+                                               default=_json_default))
         for path in tmp.iterdir():
             fsync_file(path)
         fsync_dir(tmp)
@@ -585,26 +595,33 @@ class Store:
                 return None
             return parent[1][name], self.read_array(parent[0], name)
 
+        previous_tables: dict[str, tuple[PartRecord, pa.Table] | None] = {}
+
         def previous_table(name: str) -> tuple[PartRecord, pa.Table] | None:
-            if parent is None or name not in parent[1] or parent[1][name].get("kind") != "table":
-                return None
-            return parent[1][name], self._read_table(parent[0], name, parent[1]).replace_schema_metadata(None)
+            if name not in previous_tables:
+                found = parent is not None and name in parent[1] and parent[1][name].get("kind") == "table"
+                previous_tables[name] = (parent[1][name], self._read_table(parent[0], name, parent[1])
+                                         .replace_schema_metadata(None)) if parent is not None and found else None
+            return previous_tables[name]
 
         parts: dict[str, PartRecord] = {}
         arrays = {name: getattr(state, name) for name in TABLE_FILES}
         arrays.update({REFERENCE_PREFIX + key: value for key, value in state.reference.items()})
         for name, array in arrays.items():
             parts[name] = parts_mod.write_array(segments, np.asarray(array), previous_array(name))
+        rows_kept = True  # every row of the parent's vocabularies is still the same ID's (no compaction)
         for name, entity in VOCABULARY_PARTS.items():
-            vocab = state.user_vocab if entity == "user" else state.item_vocab
-            parts[name] = parts_mod.write_table(segments, vocab.to_table().replace_schema_metadata(None),
-                                                previous_table(name))
+            table = (state.user_vocab if entity == "user" else state.item_vocab).to_table().replace_schema_metadata(None)
+            previous = previous_table(name)
+            rows_kept &= (previous is not None and previous[1].num_rows <= table.num_rows
+                          and table.slice(0, previous[1].num_rows).equals(previous[1]))
+            parts[name] = parts_mod.write_table(segments, table, previous)
         parts[ITEM_TOKENS] = parts_mod.write_table(segments, state.item_tokens.replace_schema_metadata(None),
                                                    previous_table(ITEM_TOKENS))
         if replays(manifest.get("objective")):
             table = state.reservoir.to_table()
             parts[RESERVOIR] = parts_mod.write_file(segments, lambda handle: pq.write_table(table, handle), ".parquet")
-        parts.update(self._write_history_parts(state, manifest, history, parent, written))
+        parts.update(self._write_history_parts(state, manifest, history, parent if rows_kept else None, written))
         return parts
 
     def _parent_parts(self, manifest: Mapping[str, Any]) -> tuple[int, dict[str, PartRecord]] | None:
@@ -618,21 +635,28 @@ class Store:
     def _write_history_parts(self, state: ModelState, manifest: Mapping[str, Any], history: dict[dt.date, pa.Table],
                              parent: tuple[int, dict[str, PartRecord]] | None,
                              written: list[Path]) -> dict[str, PartRecord]:
-        """The interactions by row: a full retrain (or the first publish on a store without them) writes a base
-        of every consumed partition in the new vocabulary's rows; a step adds one segment per new partition."""
+        """The interactions by row: the parent's parts plus one segment per new partition. A base of every
+        consumed partition, in the new vocabulary's rows, is written instead when there is nothing to build on
+        (the first version, a store written before parts, a compaction that renumbered rows: `parent` is then
+        None), and by a full retrain once the partition segments since the base outweigh it or outnumber
+        `MAX_CHAIN` (the retrain reads all of history anyway; a step never does)."""
         consumed = sorted(dt.date.fromisoformat(d) for d in manifest.get("partitions", []))
         inherited = {name: record for name, record in (parent[1] if parent else {}).items()
                      if record.get("kind") == "interactions"}
-        if manifest.get("kind") == "full_retrain" or not inherited:
+        since_base = [record for record in inherited.values() if "date" in record]
+        base_rows = sum(int(record["rows"]) for record in inherited.values() if "date" not in record)
+        heavy = (len(since_base) + len(history) > parts_mod.MAX_CHAIN
+                 or sum(int(record["rows"]) for record in since_base) > parts_mod.CHAIN_WEIGHT * base_rows)
+        if not inherited or (manifest.get("kind") == "full_retrain" and heavy):
             if not consumed:
                 return {}
             table = self._history_table(consumed, history)
-            if manifest.get("kind") == "full_retrain":
-                # The string-ID consolidation `read_history` uses (a cache; gc removes superseded ones).
-                base_path = self._history_base_path(consumed[-1])
-                if not base_path.exists():
-                    written.append(base_path)
-                self.write_history_base(consumed, history)
+            # The string-ID consolidation `read_history` uses, kept in step with the base (a cache; gc removes
+            # superseded ones).
+            base_path = self._history_base_path(consumed[-1])
+            if not base_path.exists():
+                written.append(base_path)
+            self.write_history_base(consumed, history)
             maybe_fail("publish:history-base-written")
             return {HISTORY_BASE: parts_mod.write_interactions(
                 self.segments, _by_row(table, state.user_vocab, state.item_vocab),

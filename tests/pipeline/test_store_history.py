@@ -29,7 +29,8 @@ def test_user_interactions_equal_all_of_history_filtered_to_those_users(gen_stor
     s = Store(gen_store)
     state = s.load()
     names = sorted(s.history_parts())
-    assert names[0] == "history/base" and len(names) == 3  # the v4 retrain's base, then the v5 and v6 partitions
+    # The bootstrap's base, then one segment per partition since (the v4 retrain kept every row: it built on them).
+    assert names == ["history/base", *(f"history/date={d.isoformat()}" for d in state.partitions[1:])]
     rows = np.array([1, 5, 17, 200, len(state.user_vocab) - 1, len(state.user_vocab) - 1])
     found = s.user_interactions(rows)
     assert found.num_rows > 0 and found.column_names[:3] == ["user_row", "item_row", "timestamp"]
@@ -66,3 +67,19 @@ def test_a_store_written_before_row_addressed_history_says_what_to_do(tmp_path):
     shutil.copytree(fixture, tmp_path / "store")
     with pytest.raises(StoreError, match="written before row-addressed history; the next step or retrain adds it"):
         Store(tmp_path / "store").user_interactions([1])
+
+
+def test_a_retrain_that_renumbers_rows_writes_a_fresh_base_in_its_new_rows(gen_store, gen_world, gen_dates):
+    from accrete.pipeline.incremental import run_full_retrain
+
+    from tests.pipeline.conftest import IALS_SMALL
+
+    s = Store(gen_store)
+    result = run_full_retrain(gen_world, gen_store, gen_dates[5], config=IALS_SMALL.replace(retrain={"compact_inactive_days": 2}))
+    manifest = s.manifest(result.version)
+    assert manifest["compaction"]["user"]["dropped"] > 0
+    assert sorted(s.history_parts()) == ["history/base"]
+    assert manifest["parts"]["history/base"]["until"] == gen_dates[5].isoformat()
+    state = s.load()
+    rows = np.arange(1, len(state.user_vocab))
+    assert _pairs(s.user_interactions(rows)) == _pairs(_from_all_history(s, result.version, state.partitions, rows))

@@ -34,7 +34,7 @@ def test_an_intact_store_verifies_and_says_what_it_checked(store):
     report = verify_store(store)
     assert report.ok, report.problems
     assert (report.current, report.versions, report.drift_records) == (6, 6, 4)
-    assert report.history_files == 5 + 2  # five consumed partitions and two consolidated bases
+    assert report.history_files == 5 + 1  # five consumed partitions and the bootstrap's consolidated base
     assert report.summary().startswith(f"store {store}: OK (6 version(s), CURRENT v000006")
 
 
