@@ -118,6 +118,13 @@ def main() -> None:
         after = _bytes(store_dir)
         print(f"store after the bootstrap {after_bootstrap / 1e6:.2f} MB; after {len(steps)} steps without gc "
               f"{after / 1e6:.2f} MB ({after / after_bootstrap:.2f}x)")
+    loads = {}
+    for version in sorted({store.versions()[0], store.require_current()}):
+        clock = time.perf_counter()
+        store.load(version)
+        loads[version] = time.perf_counter() - clock
+        chain = max(len(r.get("segments", [])) for r in store.manifest(version)["parts"].values())
+        print(f"load version {version} (longest chain {chain} segments): {loads[version]:.3f} s")
     if args.layout:
         print("\n".join(layout_report(store_dir, store.require_current())))
     summary = collect_garbage(store_dir, keep=args.keep)
