@@ -686,8 +686,11 @@ class Store:
         if segments.is_dir():
             found += sorted(p for p in segments.iterdir() if p.name.startswith((SEGMENT_STAGING_PREFIX, SEGMENT_TRASH_PREFIX)))
         history = self.root / HISTORY
-        if history.is_dir():
-            consumed = set(self.manifest(current).get("partitions", [])) if current else set()
+        try:
+            consumed: set[str] | None = set(self.manifest(current).get("partitions", [])) if current else set()
+        except StoreError:
+            consumed = None  # CURRENT's manifest is damaged (verify says so): no history file can be judged
+        if history.is_dir() and consumed is not None:
             found += sorted(p for p in history.iterdir()
                             if (p.name.startswith("date=") and p.name.endswith(".parquet") and p.name[5:15] not in consumed)
                             or (p.name.startswith(".") and p.name.endswith(".tmp")))

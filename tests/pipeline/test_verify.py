@@ -135,3 +135,9 @@ def test_a_run_refuses_to_build_on_a_damaged_current_version(store, gen_world):
                                          f"version 6 is damaged"):
         run_incremental_step(gen_world, store, config=IALS_SMALL)
     assert Store(store).current_version() == 6 and not (store / "LOCK").exists()
+
+
+def test_a_damaged_current_manifest_is_named_not_raised(store):
+    (store / "versions" / "v000006" / "manifest.json").write_text("{ not json")
+    problem = _only_problem(store)
+    assert problem.startswith(f"{store / 'versions' / 'v000006' / 'manifest.json'}: damaged manifest")
