@@ -175,6 +175,14 @@ def measure_history(data: Path, store: Path, history: int, steps: int, profile: 
         step_results.append(step)
     versions = sorted((store / "versions").glob("v*"))
     version_bytes = [_bytes_under(v) for v in versions]
+    from accrete.pipeline.maintenance import version_cost  # the store layout's line (owned with pipeline/store.py)
+    costs = [version_cost(store, s["version"]) for s in step_results]
+    if costs:
+        written, changed = sum(c.written_bytes for c in costs) / len(costs), sum(c.changed_bytes for c in costs) / len(costs)
+        model = sum(c.parts_written for c in costs) / len(costs), sum(c.parts_changed for c in costs) / len(costs)
+        print(f"  bytes written per nightly version vs bytes of the rows that changed: {written / 1e6:.2f} MB vs "
+              f"{changed / 1e6:.2f} MB ({written / max(changed, 1):.2f}x; model parts {model[0] / 1e6:.2f} vs "
+              f"{model[1] / 1e6:.2f} MB, the rest the partition's history and the manifest)", flush=True)
     median_step = statistics.median(s["seconds"] for s in step_results) if step_results else float("nan")
     return {
         "history_days": history, "as_of": as_of.isoformat(),

@@ -37,6 +37,7 @@ from accrete.pipeline.generation import generation_setting_changes, rating_scale
 from accrete.pipeline.manifest import Manifest
 from accrete.pipeline.recency import add_interactions, add_vocabulary_arrivals, arrival_prior, item_times, seconds
 from accrete.pipeline.sgd import fold_in_spec, positive_level, train_sgd
+from accrete.pipeline import store as store_mod
 from accrete.pipeline.store import ModelState, Store, sha256_of_array
 from accrete.pipeline.tables import (cold_strategy, grow, ids_of, incidence, init_new_rows, interaction_arrays,
                                      interaction_rows_kept, interaction_weights, seed_for, tokens_table,
@@ -353,7 +354,13 @@ def _evaluation_sample(step: Step) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _history_of(step: Step, user_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(user rows, item rows) of the given users' consumed interactions."""
+    """(user rows, item rows) of the given users' consumed interactions, read by row from the parent version's
+    history parts (the pages of these users only); a store written before row-addressed history (until its
+    next publish adds it) is read whole and filtered."""
+    if store_mod.has_parts(step.parent):
+        rows = step.store.user_interactions(user_rows, version=step.state.version)
+        return (rows["user_row"].to_numpy().astype(np.int64, copy=False),
+                rows["item_row"].to_numpy().astype(np.int64, copy=False))
     history = step.store.read_history(step.applied)
     users = step.state.user_vocab.lookup(history["user_id"])
     mine = np.isin(users, user_rows)
@@ -583,7 +590,6 @@ def publish_step(step: Step) -> StepResult:
     assert verdict is not None, "measure_drift runs before publish_step"
     store, date = step.store, step.date
     version = store.require_current() + 1  # after --force the parent is older than the current version
-    store.write_history(date, partition.interactions)
     manifest = {
         "version": version, "parent": int(parent["version"]),
         "generation": int(parent["generation"]), "kind": "incremental",
@@ -608,7 +614,7 @@ def publish_step(step: Step) -> StepResult:
     manifest["timings"] = step.timings
     step.progress(f"publishing version {version}")
     clock = time.perf_counter()
-    store.publish(state, manifest, quarantine=partition.quarantine)
+    store.publish(state, manifest, quarantine=partition.quarantine, history={date: partition.interactions})
     step.timings["publish"] = time.perf_counter() - clock
     _append_drift(store, state.manifest)
     return StepResult("incremental", version, date, state.manifest,

@@ -1,12 +1,14 @@
-"""Keeping a store healthy for months of nightly runs: delete old versions safely (`collect_garbage`) and
-check everything a store holds against its manifests (`verify_store`).
+"""Keeping a store healthy for months of nightly runs: delete old versions safely (`collect_garbage`),
+check everything a store holds against its manifests (`verify_store`), and what each version cost
+(`version_costs`).
 
-Every version is a full copy of the tables (they grow with the catalogue), so a store that publishes a
-version a night grows without bound; see docs/operations.md for measured sizes. Garbage collection
-keeps CURRENT, the newest versions, optionally whole recent generations, and what CURRENT's lineage
-still needs; it deletes the rest by first renaming each doomed version to a trash name (atomic: the
-version is either there and intact or gone) and only then removing the trash, so a crash at any
-moment leaves a store that loads and verifies. The next `gc` or publish removes a crash's trash.
+A version writes only what changed (its parts share segments with the versions before it, see
+`pipeline.parts`), but a store that publishes a version a night still grows; see docs/operations.md for
+measured sizes. Garbage collection keeps CURRENT, the newest versions, optionally whole recent generations,
+and what CURRENT's lineage still needs; a segment is deleted only when no kept version's parts list it. It
+first renames each doomed version to a trash name (atomic: the version is either there and intact or gone),
+then moves the segments no kept version uses into a trash directory, and only then removes the trash, so a
+crash at any moment leaves a store that loads and verifies. The next `gc` or publish removes a crash's trash.
 """
 from __future__ import annotations
 
@@ -27,8 +29,9 @@ from accrete.pipeline.decision import read_drift_record
 from accrete.pipeline.errors import StoreError
 from accrete.pipeline.faults import maybe_fail
 from accrete.pipeline.manifest import Manifest
+from accrete.pipeline.parts import SEGMENT_TRASH_PREFIX, SEGMENTS, changed_rows
 from accrete.pipeline.store import (CURRENT, DRIFT, HISTORY, MANIFEST, TRASH_PREFIX, VERSIONS, Store, _file_sha256,
-                            sha256_of_array, version_name)
+                                    has_parts, remove_path, sha256_of_array, version_name)
 
 
 def _tree_bytes(path: Path) -> int:
@@ -48,7 +51,8 @@ class GcPlan:
     removed: list[int]
     removed_bytes: int
     history_files: list[Path]  # superseded consolidated history files (a cache)
-    leftovers: list[Path]  # directories crashed runs left under versions/
+    leftovers: list[Path]  # what crashed runs left (Store.leftovers)
+    segments: list[Path] = field(default_factory=list)  # segments no kept version's parts list
     other_bytes: int = 0
 
     def summary(self, store: Store, dry_run: bool) -> dict[str, Any]:
@@ -57,6 +61,7 @@ class GcPlan:
                 "removed": self.removed, "removed_versions": len(self.removed),
                 "removed_history_files": [p.name for p in self.history_files],
                 "removed_leftovers": [p.name for p in self.leftovers],
+                "removed_segments": len(self.segments),
                 "freed_bytes": self.removed_bytes + self.other_bytes}
 
 
@@ -106,10 +111,27 @@ def plan_gc(store_dir: str | Path, keep: int, keep_generations: int = 0) -> GcPl
     removed = sorted(v for v in manifests if v not in kept)
     leftovers = store.leftovers(current)
     history_files = _superseded_history_bases(store, manifests[current])
+    segments = unreferenced_segments(store, [manifests[v] for v in kept])
     return GcPlan(current=current, kept=kept, removed=removed,
-                  removed_bytes=sum(_tree_bytes(store.version_dir(v)) for v in removed),
-                  history_files=history_files, leftovers=leftovers,
+                  removed_bytes=sum(_tree_bytes(store.version_dir(v)) for v in removed) + sum(_tree_bytes(p) for p in segments),
+                  history_files=history_files, leftovers=leftovers, segments=segments,
                   other_bytes=sum(_tree_bytes(p) for p in [*leftovers, *history_files]))
+
+
+def referenced_segments(manifests: list[dict[str, Any]]) -> set[str]:
+    """The segment keys the parts of these manifests list (the one list gc and verify read)."""
+    return {key for manifest in manifests if has_parts(manifest)
+            for record in manifest["parts"].values() for key in record.get("segments", [])}
+
+
+def unreferenced_segments(store: Store, kept: list[dict[str, Any]]) -> list[Path]:
+    """Segment files no kept version uses: those only removed versions used, and those of failed publishes."""
+    directory = store.root / SEGMENTS
+    if not directory.is_dir():
+        return []
+    used = referenced_segments(kept)
+    return sorted(path for sub in directory.iterdir() if sub.is_dir() and not sub.name.startswith(".")
+                  for path in sub.iterdir() if path.name not in used)
 
 
 def _superseded_history_bases(store: Store, current_manifest: dict[str, Any]) -> list[Path]:
@@ -144,7 +166,7 @@ def collect_garbage(store_dir: str | Path, keep: int, keep_generations: int = 0,
         store.verify_files(store.require_current())
         plan = plan_gc(store_dir, keep, keep_generations)
         for path in plan.leftovers:
-            shutil.rmtree(path)
+            remove_path(path)
         versions_dir = store.root / VERSIONS
         trash = []
         for version in plan.removed:
@@ -153,6 +175,16 @@ def collect_garbage(store_dir: str | Path, keep: int, keep_generations: int = 0,
             trash.append(target)
             maybe_fail("gc:renamed-one")
         fsync_dir(versions_dir)
+        # Only now, with every doomed version gone, may the segments they alone used go: a crash before
+        # this point leaves them unreferenced (the next gc takes them), never a kept version without them.
+        if plan.segments:
+            segment_trash = store.root / SEGMENTS / f"{SEGMENT_TRASH_PREFIX}{os.getpid()}"
+            segment_trash.mkdir(exist_ok=True)
+            for path in plan.segments:
+                os.rename(path, segment_trash / path.name)
+            fsync_dir(segment_trash.parent)
+            trash.append(segment_trash)
+            maybe_fail("gc:segments-trashed")
         maybe_fail("gc:before-delete")
         for target in trash:
             shutil.rmtree(target)
@@ -173,6 +205,8 @@ def format_gc(summary: dict[str, Any]) -> str:
         extra.append(f"{len(summary['removed_history_files'])} superseded history file(s)")
     if summary["removed_leftovers"]:
         extra.append(f"{len(summary['removed_leftovers'])} crash leftover(s)")
+    if summary.get("removed_segments"):
+        extra.append(f"{summary['removed_segments']} unused segment(s)")
     return (f"{verb} {summary['removed_versions']} version(s) ({span})" + (f" and {', '.join(extra)}" if extra else "")
             + f": {summary['freed_bytes'] / 1e6:.1f} MB; kept {len(kept)} version(s) "
               f"({version_name(kept[0])}..{version_name(kept[-1])}), CURRENT {version_name(summary['current'])}")
@@ -219,8 +253,10 @@ def _read_manifest(path: Path, version: int, problems: list[str]) -> dict[str, A
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         problems.append(f"{path}: damaged manifest ({exc})")
         return None
-    missing = [key for key in ("version", "generation", "kind", "files", "rows") if key not in manifest] \
+    missing = [key for key in ("version", "generation", "kind", "rows") if key not in manifest] \
         if isinstance(manifest, dict) else ["(not an object)"]
+    if isinstance(manifest, dict) and "files" not in manifest and not has_parts(manifest):
+        missing.append("parts")
     if missing:
         problems.append(f"{path}: damaged manifest (no {', '.join(missing)})")
         return None
@@ -235,22 +271,26 @@ def _read_manifest(path: Path, version: int, problems: list[str]) -> dict[str, A
     return manifest
 
 
-def _verify_files(directory: Path, manifest: dict[str, Any], problems: list[str]) -> bool:
-    intact = True
+def _verify_files(store: Store, version: int, manifest: dict[str, Any], problems: list[str], checked: dict[str, str | None]) -> bool:
+    """Every part (every file, in a store written before parts) is present and intact; a part's content,
+    rebuilt from its segments, matches the manifest's digest. Shared segments are hashed once (`checked`)."""
+    directory = store.version_dir(version)
+    before = len(problems)
+    if has_parts(manifest):
+        for name, record in manifest["parts"].items():
+            problems += store.part_problems(version, name, record, checked=checked)
+        return len(problems) == before
     for name, digest in manifest["files"].items():
         path = directory / name
         if not path.is_file():
             problems.append(f"{path}: missing")
-            intact = False
         elif _file_sha256(path) != digest:
             problems.append(f"{path}: checksum mismatch (sha256 differs from the manifest's)")
-            intact = False
-    return intact
+    return len(problems) == before
 
 
-def _frozen_block(directory: Path, entity: str, rows: int) -> str:
-    vectors = np.load(directory / f"{entity}_vectors.npy", mmap_mode="r")
-    return sha256_of_array(vectors[:rows])
+def _frozen_block(store: Store, version: int, manifest: dict[str, Any], entity: str, rows: int) -> str:
+    return sha256_of_array(store.read_array(version, f"{entity}_vectors", manifest)[:rows])
 
 
 def _verify_frozen_blocks(store: Store, version: int, manifest: dict[str, Any], intact: dict[int, dict],
@@ -265,23 +305,23 @@ def _verify_frozen_blocks(store: Store, version: int, manifest: dict[str, Any], 
     fine_tuned = (manifest.get("config", {}).get("model", {}).get("frozen_lr_multiplier", 0.0) or 0.0) > 0
     for entity, digest in (manifest.get("frozen_checksum") or {}).items():
         rows = int(manifest["rows"].get(f"{entity}_trainable_from", 0))
-        path = directory / f"{entity}_vectors.npy"
+        where = directory / (f"part {entity}_vectors" if has_parts(manifest) else f"{entity}_vectors.npy")
         try:
-            own = _frozen_block(directory, entity, rows)
-        except (OSError, ValueError) as exc:
-            problems.append(f"{path}: unreadable table ({exc})")
+            own = _frozen_block(store, version, manifest, entity, rows)
+        except (OSError, ValueError, StoreError) as exc:
+            problems.append(f"{where}: unreadable table ({exc})")
             continue
         if not fine_tuned and own != digest:
-            problems.append(f"{path}: frozen block (rows 0..{rows - 1}) does not match the manifest's frozen_checksum")
+            problems.append(f"{where}: frozen block (rows 0..{rows - 1}) does not match the manifest's frozen_checksum")
         if same_generation and not fine_tuned:
-            parent_dir = store.version_dir(int(manifest["parent"]))
+            parent_version = int(manifest["parent"])
             try:
-                theirs = _frozen_block(parent_dir, entity, rows)
-            except (OSError, ValueError) as exc:
-                problems.append(f"{parent_dir / path.name}: unreadable table ({exc})")
+                theirs = _frozen_block(store, parent_version, intact[parent_version], entity, rows)
+            except (OSError, ValueError, StoreError) as exc:
+                problems.append(f"{store.version_dir(parent_version)}: {entity} table unreadable ({exc})")
                 continue
             if theirs != own:
-                problems.append(f"{path}: frozen {entity} rows 0..{rows - 1} differ from parent version {parent}'s")
+                problems.append(f"{where}: frozen {entity} rows 0..{rows - 1} differ from parent version {parent}'s")
 
 
 def verify_store(store_dir: str | Path) -> VerifyReport:
@@ -319,6 +359,7 @@ def verify_store(store_dir: str | Path) -> VerifyReport:
         return report
     report.leftovers = [p.name for p in store.leftovers(current)]
 
+    checked: dict[str, str | None] = {}  # each segment's verdict (shared by many versions: hashed once)
     readable: dict[int, dict[str, Any]] = {}  # versions whose manifest is readable
     intact: dict[int, dict[str, Any]] = {}  # versions whose manifest and files are intact
     for version in sorted(v for v in version_dirs if v <= current):
@@ -330,7 +371,7 @@ def verify_store(store_dir: str | Path) -> VerifyReport:
         if manifest is None:
             continue
         readable[version] = manifest
-        if _verify_files(directory, manifest, problems):
+        if _verify_files(store, version, manifest, problems, checked):
             intact[version] = manifest
             _verify_frozen_blocks(store, version, manifest, intact, problems)
         parent = manifest.get("parent")
@@ -386,3 +427,92 @@ def _verify_drift_log(store: Store, report: VerifyReport) -> None:
         if record is None:
             continue  # not a record's name (e.g. an interrupted append's temporary file)
         report.drift_records += 1
+
+
+# ----- what a version cost ------------------------------------------------------------------------------
+@dataclass
+class VersionCost:
+    """Bytes one version wrote next to the bytes of the rows that changed, split into the model's parts and the
+    interaction history (the partition's interactions by row, and the string-ID history file of the partition).
+
+    `changed_bytes` counts, per array part, the rows whose bytes differ from the parent's plus the rows
+    appended (row bytes as in memory); per table part, the appended rows (Arrow's in-memory size); per new
+    interaction part, its rows. `written_bytes` counts the segments the parent did not have, the version
+    directory (manifest, quarantine), and the history and drift files of the partitions it consumed first."""
+
+    version: int
+    parts_written: int = 0
+    parts_changed: int = 0
+    history_written: int = 0
+    history_changed: int = 0
+    other_written: int = 0
+    by_part: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (written, changed)
+
+    @property
+    def written_bytes(self) -> int:
+        return self.parts_written + self.history_written + self.other_written
+
+    @property
+    def changed_bytes(self) -> int:
+        return self.parts_changed + self.history_changed
+
+
+def version_cost(store_dir: str | Path, version: int) -> VersionCost:
+    """What `version` wrote and what changed in it (see `VersionCost`), against its parent version."""
+    store = Store(store_dir)
+    manifest = store.manifest(version)
+    if not has_parts(manifest):
+        raise StoreError(f"{store.version_dir(version)}: written before parts: every file is a full copy")
+    parent = int(manifest["parent"]) if manifest.get("parent") is not None else None
+    parent_manifest = store.manifest(parent) if parent is not None and parent in store.versions() else {}
+    parent_parts = parent_manifest.get("parts") or {}
+    before = referenced_segments([parent_manifest]) if parent_parts else set()
+    cost = VersionCost(version)
+    for name, record in manifest["parts"].items():
+        if "path" in record:
+            continue  # a file of the version directory, counted below
+        written = sum(store.segments.size(key) for key in record["segments"] if key not in before)
+        changed = _changed_bytes(store, version, parent if parent_parts else None, name, record,
+                                 parent_parts.get(name))
+        if record["kind"] == "interactions":
+            cost.history_written += written
+            cost.history_changed += changed
+        else:
+            cost.parts_written += written
+            cost.parts_changed += changed
+        cost.by_part[name] = (written, changed)
+    cost.other_written = _tree_bytes(store.version_dir(version))
+    first_consumed = set(manifest.get("partitions", [])) - set(parent_manifest.get("partitions", []))
+    for day in first_consumed:
+        path = store.history_path(dt.date.fromisoformat(day))
+        cost.history_written += path.stat().st_size if path.exists() else 0
+        cost.other_written += sum(p.stat().st_size for p in (store.root / DRIFT).glob(f"{day}_v{version:06d}.parquet"))
+    return cost
+
+
+def _changed_bytes(store: Store, version: int, parent: int | None, name: str, record: dict[str, Any],
+                   parent_record: dict[str, Any] | None) -> int:
+    if record["kind"] == "interactions":
+        if parent_record is not None and parent_record.get("segments") == record["segments"]:
+            return 0
+        return store.read_interactions_part(version, name).nbytes
+    if record["kind"] == "file":
+        return _tree_bytes(store.segments.path(record["segments"][0]))
+    if parent_record is not None and parent_record.get("segments") == record["segments"]:
+        return 0
+    if record["kind"] == "array":
+        new = store.read_array(version, name)
+        if parent is None or parent_record is None or parent_record.get("kind") != "array":
+            return int(new.nbytes)
+        old = store.read_array(parent, name)
+        if old.dtype != new.dtype or old.shape[1:] != new.shape[1:] or len(old) > len(new):
+            return int(new.nbytes)
+        row_bytes = new[:1].nbytes
+        return int(len(changed_rows(new, old)) * row_bytes + new[len(old):].nbytes)
+    new_table = store.read_part_table(version, name)
+    if parent is None or parent_record is None:
+        return int(new_table.nbytes)
+    old_rows = int(parent_record.get("rows", 0))
+    if old_rows <= new_table.num_rows and new_table.slice(0, old_rows).equals(store.read_part_table(parent, name)):
+        return int(new_table.slice(old_rows).nbytes)
+    return int(new_table.nbytes)

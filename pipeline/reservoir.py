@@ -4,7 +4,8 @@ An incremental step trains on the new partition plus replayed old interactions, 
 rows are fitted against the whole history and not only against today's (catastrophic forgetting). Keeping
 all history in memory does not scale; a reservoir of `capacity` rows that is, at all times, a uniform
 sample of the `n_seen` interactions so far does (Vitter 1985, Algorithm R). The reservoir is saved with
-each model version, so a version's replay is reproducible.
+each model version whose objective replays (the SGD objectives; iALS never reads it, so its versions hold
+none), so a version's replay is reproducible.
 """
 from __future__ import annotations
 
@@ -120,9 +121,14 @@ class ReplayReservoir:
         """All held rows, in slot order (`RESERVOIR_SCHEMA`)."""
         return self._table
 
+    def to_table(self) -> pa.Table:
+        """The held rows, with `{format, capacity, seed, n_seen}` as JSON under the schema metadata key
+        `accrete.reservoir` (what `save` writes and `from_table` reads)."""
+        state = {"format": _FORMAT, "capacity": self.capacity, "seed": self.seed, "n_seen": self.n_seen}
+        return self._table.replace_schema_metadata({_METADATA_KEY: json.dumps(state).encode()})
+
     def save(self, path: str | Path) -> None:
-        """Write the reservoir as Parquet: the held rows, and `{format, capacity, seed, n_seen}` as JSON
-        under the schema metadata key `accrete.reservoir`.
+        """Write the reservoir (`to_table`) as Parquet.
 
         The file is written under a temporary name next to `path`, flushed to disk and renamed over it, so
         a crash never leaves a torn reservoir.
@@ -131,23 +137,17 @@ class ReplayReservoir:
             StoreError: the file cannot be written.
         """
         path = Path(path)
-        state = {"format": _FORMAT, "capacity": self.capacity, "seed": self.seed, "n_seen": self.n_seen}
-        table = self._table.replace_schema_metadata({_METADATA_KEY: json.dumps(state).encode()})
         try:
-            write_parquet_atomically(table, path)
+            write_parquet_atomically(self.to_table(), path)
         except OSError as exc:
             raise StoreError(f"{path}: cannot write the replay reservoir ({exc})") from None
 
     @classmethod
     def load(cls, path: str | Path) -> ReplayReservoir:
-        """Read a reservoir written by `save`, checking it is whole.
-
-        Checked: the file exists and is Parquet; it carries the reservoir metadata with integer
-        `capacity >= 0`, `seed >= 0`, `n_seen >= 0`; the columns exist with compatible types (a missing `weight` is 1) and no
-        nulls; it holds exactly `min(capacity, n_seen)` rows.
+        """Read a reservoir written by `save`, checking it is whole (see `from_table`).
 
         Raises:
-            StoreError: naming the file, for any of the above.
+            StoreError: naming the file, when it is missing, not Parquet or not a whole reservoir.
         """
         path = Path(path)
         if not path.is_file():
@@ -156,6 +156,19 @@ class ReplayReservoir:
             table = pq.read_table(path)
         except (pa.ArrowException, OSError) as exc:
             raise StoreError(f"{path}: not a readable Parquet replay reservoir ({exc})") from None
+        return cls.from_table(table, source=path)
+
+    @classmethod
+    def from_table(cls, table: pa.Table, *, source: str | Path = "replay reservoir") -> ReplayReservoir:
+        """A reservoir from `to_table`'s table, checking it is whole.
+
+        Checked: it carries the reservoir metadata with integer `capacity >= 0`, `seed >= 0`, `n_seen >= 0`;
+        the four columns exist with compatible types and no nulls; it holds exactly `min(capacity, n_seen)` rows.
+
+        Raises:
+            StoreError: naming `source`, for any of the above.
+        """
+        path = source
         raw = (table.schema.metadata or {}).get(_METADATA_KEY)
         if raw is None:
             raise StoreError(f"{path}: no replay reservoir metadata (key '{_METADATA_KEY.decode()}')")

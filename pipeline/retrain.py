@@ -109,7 +109,7 @@ def _full_retrain(config: AccreteConfig, data_dir: Path, store: Store, as_of: dt
             store, current, as_of - dt.timedelta(days=config.retrain.compact_inactive_days))
 
     interactions, quarantined, reports, has_ratings = [], [], {}, False
-    written_history: dict[dt.date, pa.Table] = {}  # held for training anyway: not read back for the base
+    new_history: dict[dt.date, pa.Table] = {}  # written by the publish, inside its commit
     for date in dates:
         if date in consumed and date not in train_dates:
             continue
@@ -121,9 +121,7 @@ def _full_retrain(config: AccreteConfig, data_dir: Path, store: Store, as_of: dt
             user_vocab.extend(ids_of(partition.users["user_id"], partition.interactions["user_id"]), date)
             item_vocab.extend(ids_of(partition.items["item_id"], partition.interactions["item_id"]), date)
             item_tokens = pa.concat_tables([item_tokens, tokens_table(partition.items, item_vocab, first_new_item)])
-            store.write_history(date, partition.interactions)
-            if date in train_dates:
-                written_history[date] = partition.interactions
+            new_history[date] = partition.interactions
             if partition.quarantine.num_rows:
                 quarantined.append(partition.quarantine)
         if date in train_dates:
@@ -221,10 +219,6 @@ def _full_retrain(config: AccreteConfig, data_dir: Path, store: Store, as_of: dt
 
     version = (current.version + 1) if current else 1
     all_consumed = sorted({*(d.isoformat() for d in consumed), *(d.isoformat() for d in dates)})
-    progress(f"consolidating the history of {len(all_consumed)} partitions")
-    clock = time.perf_counter()
-    store.write_history_base([dt.date.fromisoformat(d) for d in all_consumed], written_history)
-    timings["history"] = time.perf_counter() - clock
     manifest = {
         "version": version, "parent": current.version if current else None,
         "generation": (int(current.manifest["generation"]) + 1) if current else 1,
@@ -251,7 +245,7 @@ def _full_retrain(config: AccreteConfig, data_dir: Path, store: Store, as_of: dt
     manifest["timings"] = timings
     quarantine = pa.concat_tables(quarantined) if quarantined else None
     progress(f"publishing version {version} (generation {manifest['generation']})")
-    store.publish(state, manifest, quarantine=quarantine)
+    store.publish(state, manifest, quarantine=quarantine, history=new_history)
     return StepResult("full_retrain", version, as_of, state.manifest,
                       f"full retrain as of {as_of}: version {version}, generation {manifest['generation']}")
 

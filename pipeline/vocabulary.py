@@ -226,18 +226,20 @@ class Vocabulary:
             raise VocabularyError(f"{self.entity} row {int(rows[bad][0])} is outside the vocabulary (0..{len(self) - 1})")
         return self._ids.take(pa.array(rows))
 
-    def save(self, path: str | Path) -> None:
-        """Write the vocabulary as Parquet (`row int64, id string, created date32`), atomically.
-
-        The file is written next to its destination and renamed over it, so a crash never leaves a torn file.
-        """
-        path = Path(path)
-        table = pa.table(
+    def to_table(self) -> pa.Table:
+        """The vocabulary as a table (`row int64, id string, created date32`; the entity in the schema metadata)."""
+        return pa.table(
             {"row": pa.array(np.arange(len(self), dtype=np.int64)), "id": self._ids,
              "created": pa.array(self._created, type=pa.date32())},
             schema=_SCHEMA.with_metadata({_ENTITY_METADATA_KEY: self.entity.encode()}),
         )
-        write_parquet_atomically(table, path)
+
+    def save(self, path: str | Path) -> None:
+        """Write the vocabulary as Parquet (`to_table`), atomically.
+
+        The file is written next to its destination and renamed over it, so a crash never leaves a torn file.
+        """
+        write_parquet_atomically(self.to_table(), Path(path))
 
     @classmethod
     def load(cls, path: str | Path, entity: str) -> Vocabulary:
@@ -256,6 +258,15 @@ class Vocabulary:
             table = pq.read_table(path)
         except (pa.ArrowException, OSError) as exc:
             raise VocabularyError(f"{path}: not a readable Parquet vocabulary ({exc})") from None
+        return cls.from_table(table, entity, source=path)
+
+    @classmethod
+    def from_table(cls, table: pa.Table, entity: str, *, source: str | Path = "vocabulary") -> Vocabulary:
+        """A vocabulary from its table (`to_table`'s columns, rows in any order), every invariant checked as
+        `load` describes; a violation is a `VocabularyError` naming `source`."""
+        path = source
+        if entity not in ENTITIES:
+            raise VocabularyError(f"vocabulary entity must be one of {ENTITIES}, got {entity!r}")
         stored = (table.schema.metadata or {}).get(_ENTITY_METADATA_KEY)
         if stored is not None and stored.decode() != entity:
             raise VocabularyError(f"{path}: holds a {stored.decode()} vocabulary, expected {entity}")

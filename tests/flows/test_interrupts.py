@@ -32,7 +32,7 @@ from accrete.pipeline.store import Store
 from tests.flows.conftest import REPO_ROOT
 
 ACCRETE = Path(sys.executable).parent / "accrete"
-SNAPSHOT_FILES = ("item_vectors.npy", "item_bias.npy", "item_vocab.parquet", "user_vectors.npy", "user_vocab.parquet")
+SNAPSHOT_PARTS = ("item_vectors", "item_bias", "item_vocab", "user_vectors", "user_vocab")
 RUN_TIMEOUT = 300.0
 
 pytestmark = pytest.mark.slow
@@ -88,7 +88,7 @@ def _snapshot(store: Path) -> tuple:
     for version in s.versions():
         manifest = s.manifest(version)
         versions.append((version, manifest.get("parent"), manifest["generation"], manifest["kind"],
-                         manifest["partition"], tuple(manifest["files"][name] for name in SNAPSHOT_FILES)))
+                         manifest["partition"], tuple(manifest["parts"][name]["sha256"] for name in SNAPSHOT_PARTS)))
     return s.current_version(), tuple(versions)
 
 

@@ -14,7 +14,9 @@ from accrete.pipeline.retrain import run_full_retrain
 from accrete.pipeline.incremental import run_incremental_step
 from accrete.pipeline.synthetic import generate_world
 
-IALS_SMALL = AccreteConfig().replace(model={"dim": 8})
+# young_item_periods = 1: item rows freeze after their first night, so each version's item chain is its parent's
+# plus a patch of appended rows (the layout and verify tests follow such chains; young items: test_profile_step.py).
+IALS_SMALL = AccreteConfig().replace(model={"dim": 8, "young_item_periods": 1})
 
 
 @pytest.fixture(scope="module")

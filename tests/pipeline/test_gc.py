@@ -37,17 +37,29 @@ def _version_dirs(store) -> list[str]:
     return sorted(p.name for p in (store / "versions").iterdir())
 
 
+def _segments_of(store, versions) -> set[str]:
+    s = Store(store)
+    return {key for v in versions for record in s.manifest(v)["parts"].values() for key in record.get("segments", [])}
+
+
 def test_gc_keeps_current_and_its_parent_and_frees_the_bytes_it_reports(store):
     expected = sum(_tree_bytes(store / "versions" / version_name(v)) for v in (1, 2, 3, 4))
-    expected += _tree_bytes(store / "history" / "base-until=2024-01-01.parquet")
+    only_removed = _segments_of(store, (1, 2, 3, 4)) - _segments_of(store, (5, 6))
+    kept_segments = _segments_of(store, (5, 6))
+    expected += sum(Store(store).segments.size(key) for key in only_removed)
     summary = collect_garbage(store, keep=1)
     assert summary["removed"] == [1, 2, 3, 4]
     assert summary["kept"] == [5, 6]  # CURRENT v6 and its parent v5 (`nightly --force` rebuilds from it)
     assert summary["freed_bytes"] == expected > 0
-    assert summary["removed_history_files"] == ["base-until=2024-01-01.parquet"]
+    # The v4 retrain kept every row, so it built on the bootstrap's history base, which CURRENT still reads.
+    assert summary["removed_history_files"] == [] and (store / "history" / "base-until=2024-01-01.parquet").exists()
     assert _version_dirs(store) == ["v000005", "v000006"]
+    assert summary["removed_segments"] == len(only_removed) > 0
+    # A segment goes only when no kept version lists it: every one the kept versions use is still there.
+    assert all(Store(store).segments.path(key).is_file() for key in kept_segments)
+    assert not any(Store(store).segments.path(key).exists() for key in only_removed)
     assert verify_store(store).ok
-    assert format_gc(summary).startswith("freed 4 version(s) (v000001..v000004) and 1 superseded history file(s)")
+    assert format_gc(summary).startswith(f"freed 4 version(s) (v000001..v000004) and {len(only_removed)} unused segment(s)")
 
 
 def test_after_gc_the_store_keeps_working(store, world, dates):
@@ -93,7 +105,7 @@ def test_a_delta_export_between_kept_versions_is_unchanged_by_gc(store, tmp_path
     assert pc.sum(pc.equal(after["change"], "added")).as_py() > 0
 
 
-@pytest.mark.parametrize("point", ["gc:renamed-one", "gc:before-delete"])
+@pytest.mark.parametrize("point", ["gc:renamed-one", "gc:segments-trashed", "gc:before-delete"])
 def test_a_crash_during_gc_leaves_a_store_that_loads_and_verifies_and_a_rerun_completes(store, point, monkeypatch):
     monkeypatch.setenv(ENV_VAR, point)
     with pytest.raises(InjectedFault):
@@ -140,12 +152,12 @@ def test_gc_fails_fast_while_a_run_holds_the_lock(store):
 
 
 def test_gc_refuses_a_store_whose_current_version_is_damaged(store):
-    path = store / "versions" / "v000006" / "item_vectors.npy"
+    path = Store(store).part_segments(6, "item_vectors")[-1]
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
     path.write_bytes(bytes(data))
     for dry_run in (True, False):
-        with pytest.raises(StoreError, match="v000006/item_vectors.npy: checksum mismatch"):
+        with pytest.raises(StoreError, match=f"{path.name}: checksum mismatch \\(part item_vectors of version 6\\)"):
             collect_garbage(store, keep=1, dry_run=dry_run)
     assert len(_version_dirs(store)) == 6
 

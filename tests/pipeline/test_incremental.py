@@ -188,8 +188,8 @@ def test_a_lock_left_by_a_killed_run_is_cleared(world, store):
 
 
 def test_a_damaged_version_file_is_detected(store):
-    version_dir = Store(store).version_dir(Store(store).current_version())
-    with open(version_dir / "item_vectors.npy", "r+b") as handle:
+    segment = Store(store).part_segments(Store(store).current_version(), "item_vectors")[-1]
+    with open(segment, "r+b") as handle:
         handle.seek(-4, os.SEEK_END)
         handle.write(b"\x00\x00\x80\x7f")
     with pytest.raises(StoreError, match="checksum"):

@@ -8,7 +8,8 @@ import pytest
 
 from accrete.pipeline.errors import StoreError
 from accrete.pipeline.maintenance import verify_store
-from accrete.pipeline.store import Store, _file_sha256, _save_npy
+from accrete.pipeline import parts
+from accrete.pipeline.store import Store
 
 
 @pytest.fixture
@@ -33,42 +34,57 @@ def test_an_intact_store_verifies_and_says_what_it_checked(store):
     report = verify_store(store)
     assert report.ok, report.problems
     assert (report.current, report.versions, report.drift_records) == (6, 6, 4)
-    assert report.history_files == 5 + 2  # five consumed partitions and two consolidated bases
+    assert report.history_files == 5 + 1  # five consumed partitions and the bootstrap's consolidated base
     assert report.summary().startswith(f"store {store}: OK (6 version(s), CURRENT v000006")
 
 
-def test_a_corrupted_table_is_named_by_version_and_file(store):
-    _flip_last_byte(store / "versions" / "v000003" / "item_vectors.npy")
+def test_a_corrupted_table_is_named_by_segment_part_and_version(store):
+    segment = Store(store).part_segments(3, "item_vectors")[-1]  # v3's own patch (v4 is a full retrain)
+    _flip_last_byte(segment)
     problem = _only_problem(store)
-    assert problem.startswith(str(store / "versions" / "v000003" / "item_vectors.npy"))
-    assert "checksum mismatch" in problem
+    assert problem == f"{segment}: checksum mismatch (part item_vectors of version 3)"
 
 
-def test_a_missing_file_and_a_damaged_manifest_are_each_named(store):
-    (store / "versions" / "v000002" / "reservoir.parquet").unlink()
+def test_a_missing_segment_is_named_for_every_version_that_uses_it_and_a_damaged_manifest_too(store):
+    segment = Store(store).part_segments(2, "item_vectors")[-1]  # v2's patch; v3's chain starts with it
+    assert segment in Store(store).part_segments(3, "item_vectors")
+    segment.unlink()
     (store / "versions" / "v000005" / "manifest.json").write_text("{ not json")
     problems = verify_store(store).problems
-    assert len(problems) == 2, problems
-    assert problems[0] == f"{store / 'versions' / 'v000002' / 'reservoir.parquet'}: missing"
-    assert problems[1].startswith(f"{store / 'versions' / 'v000005' / 'manifest.json'}: damaged manifest")
+    assert len(problems) == 3, problems
+    assert problems[0] == f"{segment}: missing (part item_vectors of version 2)"
+    assert problems[1] == f"{segment}: missing (part item_vectors of version 3)"
+    assert problems[2].startswith(f"{store / 'versions' / 'v000005' / 'manifest.json'}: damaged manifest")
 
 
-def test_frozen_rows_rewritten_with_consistent_file_checksums_are_caught_by_the_frozen_block_check(store):
-    """A table rewritten together with its manifest's file checksum (a bug, or a hand edit) passes the file
-    check; the frozen-block checksums (the manifest's, and the parent's rows) still catch it."""
+def test_frozen_rows_rewritten_with_consistent_checksums_are_caught_by_the_frozen_block_check(store):
+    """A table rewritten together with its manifest's checksums (a bug, or a hand edit) passes the segment and
+    content checks; the frozen-block checksums (the manifest's, and the parent's rows) still catch it."""
+    s = Store(store)
     directory = store / "versions" / "v000006"
-    vectors = np.load(directory / "item_vectors.npy")
+    vectors = s.read_array(6, "item_vectors")
     vectors[1, 0] += 1.0  # row 1 is frozen in every incremental step
-    _save_npy(directory / "item_vectors.npy", vectors)
     manifest = json.loads((directory / "manifest.json").read_text())
-    manifest["files"]["item_vectors.npy"] = _file_sha256(directory / "item_vectors.npy")
+    manifest["parts"]["item_vectors"] = parts.write_array(s.segments, vectors, None)
     (directory / "manifest.json").write_text(json.dumps(manifest))
-    Store(store).load()  # the per-file check alone is satisfied
+    Store(store).load()  # the per-part check alone is satisfied
     problems = verify_store(store).problems
     assert len(problems) == 2, problems
     assert "does not match the manifest's frozen_checksum" in problems[0]
     assert "frozen item rows" in problems[1] and "differ from parent version 5's" in problems[1]
-    assert all(p.startswith(str(directory / "item_vectors.npy")) for p in problems)
+    assert all(p.startswith(str(directory / "part item_vectors")) for p in problems)
+
+
+def test_a_segment_chain_that_rebuilds_other_content_than_the_manifest_says_is_named(store):
+    s = Store(store)
+    path = store / "versions" / "v000006" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    name = next(name for name, part in manifest["parts"].items()  # a chain of a base and patches
+                if part["kind"] != "interactions" and len(part.get("segments", [])) >= 2)
+    manifest["parts"][name]["segments"] = manifest["parts"][name]["segments"][:-1]
+    path.write_text(json.dumps(manifest))
+    problem = _only_problem(store)
+    assert problem.startswith(f"{s.version_dir(6)}: part {name}: its segments ")
 
 
 @pytest.mark.parametrize("text, fragment", [("v000009\n", "points at v000009, which does not exist"),
@@ -115,7 +131,15 @@ def test_a_run_refuses_to_build_on_a_damaged_current_version(store, gen_world):
 
     from tests.pipeline.conftest import IALS_SMALL
 
-    _flip_last_byte(store / "versions" / "v000006" / "user_vectors.npy")
-    with pytest.raises(StoreError, match="v000006/user_vectors.npy: checksum mismatch, version 6 is damaged"):
+    segment = Store(store).part_segments(6, "user_vectors")[-1]
+    _flip_last_byte(segment)
+    with pytest.raises(StoreError, match=f"{segment.name}: checksum mismatch \\(part user_vectors of version 6\\), "
+                                         f"version 6 is damaged"):
         run_incremental_step(gen_world, store, config=IALS_SMALL)
     assert Store(store).current_version() == 6 and not (store / "LOCK").exists()
+
+
+def test_a_damaged_current_manifest_is_named_not_raised(store):
+    (store / "versions" / "v000006" / "manifest.json").write_text("{ not json")
+    problem = _only_problem(store)
+    assert problem.startswith(f"{store / 'versions' / 'v000006' / 'manifest.json'}: damaged manifest")
