@@ -95,9 +95,14 @@ class ItemIndex:
             return np.full((len(queries), count), -1, np.int64)
         # usearch widens the beam to `count` when `count` exceeds expansion_search.
         matches = self.graph.search(queries, count, exact=False, threads=1)
-        rows = np.asarray(matches.keys).astype(np.int64).reshape(len(queries), count)
-        found = np.asarray(matches.counts).reshape(-1, 1)
-        rows[np.arange(count)[None, :] >= found] = -1
+        rows = np.full((len(queries), count), -1, np.int64)
+        if hasattr(matches, "counts"):  # a batch of queries
+            found = np.asarray(matches.counts).reshape(-1, 1)
+            rows[:] = np.asarray(matches.keys, np.int64).reshape(len(queries), count)
+            rows[np.arange(count)[None, :] >= found] = -1
+        else:  # usearch answers a single query with its found keys only
+            keys = np.asarray(matches.keys, np.int64)
+            rows[0, :len(keys)] = keys
         return rows
 
     def apply_delta(self, delta: pa.Table) -> tuple[ItemIndex, dict[str, Any]]:
