@@ -97,6 +97,7 @@ class Service:
         start_index = item_index.load(index_dir) if index_dir is not None else None
         self.current = load_version(self.store, previous=start_index, c=c)
         self.last_error: str | None = None
+        self._failed_version: int | None = None
         self.switches = 0
         self._stop = threading.Event()
         self._follower: threading.Thread | None = None
@@ -124,13 +125,23 @@ class Service:
         self.last_error = None
         return True
 
+    def poll(self) -> None:
+        """One look at `CURRENT` (the follower's loop body): switch if it moved. On a failure keep serving the
+        loaded version and record the error; a version that failed to load (a damaged file) is not reloaded
+        until another one is published, a passing failure (a file being replaced) is retried at the next poll."""
+        published: int | None = None
+        try:
+            published = self.store.require_current()
+            if published == self._failed_version:
+                return
+            self.refresh()
+        except (AccreteError, OSError, ValueError) as exc:
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            self._failed_version = published if isinstance(exc, AccreteError) else None
+
     def _follow(self) -> None:
         while not self._stop.wait(self.poll_seconds):
-            try:
-                self.refresh()
-            except (AccreteError, OSError, ValueError) as exc:
-                # Keep serving the loaded version; the next publish (or poll) tries again.
-                self.last_error = f"{type(exc).__name__}: {exc}"
+            self.poll()
 
     # ----- answers --------------------------------------------------------------------------------
     def recommend(self, user_id: str, k: int) -> dict[str, Any]:
