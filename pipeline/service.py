@@ -169,7 +169,8 @@ class Service:
                 "last_error": self.last_error}
 
     def describe(self) -> dict[str, Any]:
-        return {**self.current.describe(), "store": str(self.store.root), "rss_bytes": rss_bytes()}
+        return {**self.current.describe(), "store": str(self.store.root), "rss_bytes": rss_bytes(),
+                "peak_rss_bytes": rss_bytes("VmHWM")}
 
 
 def _items(vocab: Vocabulary, rows: np.ndarray, scores: np.ndarray) -> list[dict[str, Any]]:
@@ -179,11 +180,11 @@ def _items(vocab: Vocabulary, rows: np.ndarray, scores: np.ndarray) -> list[dict
             for rank, (item, score) in enumerate(zip(ids, scores[keep]))]
 
 
-def rss_bytes() -> int:
-    """This process's resident memory now (Linux), 0 where unknown."""
+def rss_bytes(field: str = "VmRSS") -> int:
+    """This process's resident memory now (`VmRSS`) or at its peak (`VmHWM`), Linux; 0 where unknown."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
