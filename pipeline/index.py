@@ -207,7 +207,7 @@ def load(directory: str | Path) -> ItemIndex:
     try:
         graph = Index.restore(str(path))
         if graph is not None:
-            graph.expansion_search = EXPANSION_SEARCH  # a search setting, not saved with the graph
+            graph.expansion_search = EXPANSION_SEARCH  # type: ignore[misc]  # a search setting, not saved; the stub misses the setter
     except (RuntimeError, ValueError, OSError) as exc:
         raise ItemIndexError(f"{path}: unreadable index graph: {exc}") from None
     if graph is None or len(graph) != meta.items or graph.ndim != meta.dim:

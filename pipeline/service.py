@@ -79,7 +79,7 @@ def load_version(store: Store, version: int | None = None, *, previous: item_ind
     manifest = Manifest.from_dict(state.manifest)
     seen = recommend.seen_items(store, state)
     loaded = LoadedVersion(
-        version=state.version, generation=manifest.generation, kind=index.meta.kind, objective=manifest.objective,
+        version=state.version, generation=manifest.generation, kind=index.meta.kind, objective=str(state.manifest["objective"]),
         user_vocab=state.user_vocab, item_vocab=state.item_vocab, ranker=recommend.ranker(state, index, c),
         seen=seen, unit_items=recommend.unit_vectors(state.item_vectors), index=index, index_update=update,
         load_seconds=time.perf_counter() - began)
