@@ -51,7 +51,7 @@ import numpy as np  # noqa: E402
 
 from accrete.pipeline import contract, evaluation, recommend, scoring, two_stage  # noqa: E402
 from accrete.pipeline import index as item_index  # noqa: E402
-from accrete.pipeline.exports import export_delta, read_export  # noqa: E402
+from accrete.pipeline.exports import export_delta  # noqa: E402
 from accrete.pipeline.store import Store  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -62,6 +62,7 @@ C_GRID = (10, 20, 50, 100, 200)
 CONCURRENCY = (1, 8, 32)
 TARGET_AGREEMENT = 0.99
 TARGET_UPDATE_SHARE = 0.05
+REPEATS = 3
 
 
 # ----- children: the publisher and the service -------------------------------------------------------
@@ -234,14 +235,21 @@ def follow_versions(store_dir: Path, versions: list[int], work: Path, users_cap:
         began = time.perf_counter()
         summary = export_delta(store_dir, path, since=previous, version=version)
         export_seconds = time.perf_counter() - began
-        began = time.perf_counter()
-        index, done = index.apply_delta(read_export(path))
-        apply_seconds = time.perf_counter() - began
-        path.unlink()
         state = store.load(version)
-        began = time.perf_counter()
-        rebuilt = item_index.build_for_state(state, threads=1)
-        rebuild_seconds = time.perf_counter() - began
+        # The machine is shared: each side is the median of three runs, interleaved. The update reads the delta
+        # and applies it to a copy (as the service does; `accrete index update` works in place); the rebuild
+        # starts from item vectors already in memory.
+        apply_runs, rebuild_runs = [], []
+        for _ in range(REPEATS):
+            began = time.perf_counter()
+            moved, done = index.apply_delta(item_index.read_delta(path))
+            apply_runs.append(time.perf_counter() - began)
+            began = time.perf_counter()
+            rebuilt = item_index.build_for_state(state, threads=1)
+            rebuild_runs.append(time.perf_counter() - began)
+        index = moved
+        apply_seconds, rebuild_seconds = statistics.median(apply_runs), statistics.median(rebuild_runs)
+        path.unlink()
         seen = recommend.seen_items(store, state)
         users = np.arange(1, len(state.user_vectors))[:users_cap]
         row = {"version": version, "items": len(index), "rebuilt_items": len(rebuilt), **done,
@@ -475,8 +483,8 @@ def targets(report: dict) -> list[dict]:
                     "pass": worst >= TARGET_AGREEMENT})
     year = report.get("year")
     if year and year["steps"]:
-        # The update reads the night's delta export (which the nightly pipeline writes for every consumer) and
-        # applies it; the rebuild is timed from vectors already in memory, so loading them is not even counted.
+        # The update reads the night's delta export (the nightly pipeline writes it for every consumer) and applies
+        # it; the rebuild is timed from vectors already in memory, so loading them is not even counted.
         share = max(r["apply_seconds"] / r["rebuild_seconds"] for r in year["steps"])
         out.append({"target": f"year: index update (read the delta, apply it) <= {TARGET_UPDATE_SHARE:.0%} of a "
                               f"rebuild after a nightly step (worst step)", "value": share,

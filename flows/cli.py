@@ -253,9 +253,7 @@ def cmd_index(args: argparse.Namespace) -> None:
             raise AccreteError("index update needs either --delta FILE (a delta export) or --store STORE")
         current = item_index.load(args.index)
         if args.delta is not None:
-            from accrete.pipeline.exports import read_export
-
-            updated, summary = current.apply_delta(read_export(args.delta))
+            updated, summary = current.apply_delta(item_index.read_delta(args.delta), in_place=True)
         else:
             updated, summary = item_index.update_from_store(current, args.store)
         updated.save(args.index)

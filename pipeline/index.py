@@ -105,9 +105,10 @@ class ItemIndex:
             rows[0, :len(keys)] = keys
         return rows
 
-    def apply_delta(self, delta: pa.Table) -> tuple[ItemIndex, dict[str, Any]]:
-        """This index moved to the version of a delta export (`accrete export --delta-since`): a new `ItemIndex`
-        (this one is not changed) and what it did.
+    def apply_delta(self, delta: pa.Table, *, in_place: bool = False) -> tuple[ItemIndex, dict[str, Any]]:
+        """This index moved to the version of a delta export (`accrete export --delta-since`, or `read_delta`), and
+        what it did. By default a new `ItemIndex` is returned and this one is left as it was (a service keeps
+        answering from it); `in_place` saves that copy (`accrete index update`).
 
         Raises:
             ItemIndexError: the delta does not start at this index's version, or its keys are of another kind.
@@ -117,10 +118,10 @@ class ItemIndex:
         since = meta.get("delta_since")
         if since is None:
             raise ItemIndexError("not a delta export (its metadata has no delta_since): export one with "
-                              "`accrete export --delta-since V`")
+                                 "`accrete export --delta-since V`")
         if int(since) != self.version:
-            raise ItemIndexError(f"the delta goes from version {since} to {meta.get('version')}, but the index reflects "
-                              f"version {self.version}: export one with --delta-since {self.version}")
+            raise ItemIndexError(f"the delta goes from version {since} to {meta.get('version')}, but the index "
+                                 f"reflects version {self.version}: export one with --delta-since {self.version}")
         kind = meta.get("scoring") or "dot"
         if kind != self.meta.kind:
             raise ItemIndexError(f"the delta's scoring kind is {kind!r}, the index's {self.meta.kind!r}: rebuild")
@@ -129,28 +130,30 @@ class ItemIndex:
             raise IndexRebuildNeeded(f"the delta crosses a full retrain (generation {self.meta.generation} -> "
                                      f"{generation}): rebuild the index with `accrete index build`")
         items = delta.filter(pc.equal(delta["entity"], "item"))
-        change = items["change"]
-        vector_changed = items["vector_changed"].fill_null(True)
-        insert = items.filter(pc.or_(pc.equal(change, "added"),
-                                     pc.and_(pc.equal(change, "changed"), vector_changed)))
-        removed = pc.equal(change, "removed")
-        delete_rows = np.concatenate([items.filter(removed)["row"].to_numpy(),
-                                      insert.filter(pc.equal(insert["change"], "changed"))["row"].to_numpy()])
-        graph = self.graph.copy()
+        change = items["change"].to_numpy(zero_copy_only=False)
+        vector_changed = items["vector_changed"].fill_null(True).to_numpy(zero_copy_only=False).astype(bool)
+        rows = items["row"].to_numpy().astype(np.int64)
+        added, changed, removed = change == "added", change == "changed", change == "removed"
+        insert = added | (changed & vector_changed)
+        graph = self.graph if in_place else self.graph.copy()
+        delete_rows = rows[removed | (changed & vector_changed)]
         if len(delete_rows):
             graph.remove(delete_rows.astype(np.uint64))
-        insert_rows = insert["row"].to_numpy().astype(np.int64)
+        insert_rows = rows[insert]
         if len(insert_rows):
-            vectors = _vectors(insert, self.meta.dim)
+            vectors = _vectors(items.take(pa.array(np.flatnonzero(insert))), self.meta.dim)
             # A row an earlier update already inserted (a replayed delta) is replaced, not duplicated.
-            graph.remove(insert_rows[graph.contains(insert_rows.astype(np.uint64))].astype(np.uint64))
+            present = insert_rows[graph.contains(insert_rows.astype(np.uint64))]
+            if len(present):
+                graph.remove(present.astype(np.uint64))
             graph.add(insert_rows.astype(np.uint64), scoring.item_keys(vectors, kind), threads=1)
-        added = int(pc.sum(pc.equal(change, "added")).as_py() or 0)
-        changed = int(pc.sum(pc.equal(change, "changed")).as_py() or 0)
-        done = {"from_version": self.version, "version": int(meta["version"]), "inserted": added,
-                "replaced": len(insert_rows) - added, "removed": int(pc.sum(removed).as_py() or 0),
-                "bias_only": changed - (len(insert_rows) - added)}
+        done = {"from_version": self.version, "version": int(meta["version"]), "inserted": int(added.sum()),
+                "replaced": int((changed & vector_changed).sum()), "removed": int(removed.sum()),
+                "bias_only": int((changed & ~vector_changed).sum())}
         new_meta = replace(self.meta, version=int(meta["version"]), items=len(graph), graph="")
+        if in_place:
+            self.meta = new_meta
+            return self, done
         return ItemIndex(new_meta, graph), done
 
     def save(self, directory: str | Path) -> Path:
@@ -223,7 +226,7 @@ def update_from_store(index: ItemIndex, store_dir: str | Path, *, version: int |
     `scratch` (a temporary directory by default), never into the store."""
     import tempfile
 
-    from accrete.pipeline.exports import export_delta, read_export
+    from accrete.pipeline.exports import export_delta
 
     store = Store(store_dir)
     target = store.require_current() if version is None else version
@@ -240,12 +243,24 @@ def update_from_store(index: ItemIndex, store_dir: str | Path, *, version: int |
             path = Path(tmp) / "delta.parquet"
             export_delta(store_dir, path, since=index.version, version=target)
             try:
-                updated, done = index.apply_delta(read_export(path))
+                updated, done = index.apply_delta(read_delta(path))
                 return updated, {**done, "rebuilt": False}
             except IndexRebuildNeeded:
                 pass
     rebuilt = build_from_store(store_dir, version=target)
     return rebuilt, {"from_version": index.version, "version": target, "rebuilt": True, "items": len(rebuilt)}
+
+
+def read_delta(path: str | Path) -> pa.Table:
+    """The item rows of a delta export (what `apply_delta` reads; user rows, most of a nightly delta, are skipped)."""
+    import pyarrow.parquet as pq
+
+    try:
+        # A plain read and an in-memory filter: pyarrow's `filters=` goes through the dataset layer, slower here.
+        table = pq.ParquetFile(path).read(columns=["entity", "row", "vector", "change", "vector_changed"])
+        return table.filter(pc.equal(table["entity"], "item"))
+    except (OSError, pa.ArrowInvalid, KeyError) as exc:
+        raise ItemIndexError(f"{path}: not a readable delta export: {exc}") from None
 
 
 def export_meta(table: pa.Table) -> dict[str, Any]:
