@@ -224,6 +224,14 @@ def agreement(seen, ranker: two_stage.TwoStageRanker, exact_scorer, users: np.nd
                           for a, b in zip(rows, exact)]))
 
 
+def sample_users(n_rows: int, cap: int) -> np.ndarray:
+    """Every user row, or `cap` of them drawn uniformly (seeded) when there are more."""
+    rows = np.arange(1, n_rows)
+    if len(rows) <= cap:
+        return rows
+    return np.sort(np.random.default_rng(0).choice(rows, cap, replace=False))
+
+
 def follow_versions(store_dir: Path, versions: list[int], work: Path, users_cap: int) -> list[dict]:
     """The index built at the first version, then moved by each version's delta; per version: delta export
     and apply times, a rebuild's time, and the two-stage agreement with exact ranking."""
@@ -251,7 +259,7 @@ def follow_versions(store_dir: Path, versions: list[int], work: Path, users_cap:
         apply_seconds, rebuild_seconds = statistics.median(apply_runs), statistics.median(rebuild_runs)
         path.unlink()
         seen = recommend.seen_items(store, state)
-        users = np.arange(1, len(state.user_vectors))[:users_cap]
+        users = sample_users(len(state.user_vectors), users_cap)
         row = {"version": version, "items": len(index), "rebuilt_items": len(rebuilt), **done,
                "delta_rows": summary["rows"], "export_seconds": export_seconds, "apply_seconds": apply_seconds,
                "rebuild_seconds": rebuild_seconds,
@@ -268,7 +276,7 @@ def c_grid(store_dir: Path, users_cap: int) -> dict[str, dict[int, float]]:
     store = Store(store_dir)
     state = store.load()
     seen = recommend.seen_items(store, state)
-    users = np.arange(1, len(state.user_vectors))[:users_cap]
+    users = sample_users(len(state.user_vectors), users_cap)
     index = item_index.build_for_state(state, threads=1)
     version = recommend.version_scoring(state)
     exact = recommend.scorer(state)
@@ -441,23 +449,30 @@ def year_phase(args, work: Path) -> dict:
     root = args.year_work or work / "year"
     generated = year_bench.ensure_world(root / "data", world)
     store = work / "year-store"
-    if store.exists():
-        shutil.rmtree(store)
-    as_of = year_bench.START + dt.timedelta(days=history)
-    retrain = year_bench.run_child({"kind": "retrain", "data": str(root / "data"), "store": str(store),
-                                    "date": as_of.isoformat(), "config": {}})
-    print(f"  full retrain: {retrain['seconds']:.1f} s", flush=True)
-    for k in range(1, steps + 1):
-        step = year_bench.run_child({"kind": "step", "data": str(root / "data"), "store": str(store),
-                                     "date": (as_of + dt.timedelta(days=k)).isoformat(), "config": {}})
-        print(f"  step {k}: {step['seconds']:.1f} s", flush=True)
+    reuse = args.reuse_year_store and store.exists() and len(Store(store).versions()) == steps + 1
+    retrain_seconds = None
+    if reuse:
+        print(f"  reusing {store} (a full retrain and {steps} steps)", flush=True)
+    else:
+        if store.exists():
+            shutil.rmtree(store)
+        as_of = year_bench.START + dt.timedelta(days=history)
+        retrain = year_bench.run_child({"kind": "retrain", "data": str(root / "data"), "store": str(store),
+                                        "date": as_of.isoformat(), "config": {}})
+        retrain_seconds = retrain["seconds"]
+        print(f"  full retrain: {retrain_seconds:.1f} s", flush=True)
+        for k in range(1, steps + 1):
+            step = year_bench.run_child({"kind": "step", "data": str(root / "data"), "store": str(store),
+                                         "date": (as_of + dt.timedelta(days=k)).isoformat(), "config": {}})
+            print(f"  step {k}: {step['seconds']:.1f} s", flush=True)
     versions = Store(store).versions()
     rows = follow_versions(store, versions, work, args.users_cap)
     grid = c_grid(store, args.users_cap)
     api = ApiProcess(store)
     try:
         described = api.get("/version")
-        sample = Store(store).load().user_vocab.ids.to_pylist()[1:2000]
+        ids = Store(store).load().user_vocab.ids
+        sample = ids.take(sample_users(len(ids), 2000)).to_pylist()
         levels = [asyncio.run(_load(api.url, 8, sample, args.requests, args.seconds))]
         print(f"  accrete api on the 12-month version: up in {api.start_seconds:.1f} s, RSS "
               f"{described['rss_bytes'] / 1e6:.0f} MB (peak {described['peak_rss_bytes'] / 1e6:.0f} MB, load "
@@ -465,7 +480,7 @@ def year_phase(args, work: Path) -> dict:
               f"p99 {levels[0]['p99_ms']:.1f} ms", flush=True)
     finally:
         api.stop()
-    return {"world": {**world, **generated}, "retrain_seconds": retrain["seconds"], "steps": rows, "c_grid": grid,
+    return {"world": {**world, **generated}, "retrain_seconds": retrain_seconds, "steps": rows, "c_grid": grid,
             "service_start_seconds": api.start_seconds, "service_rss_bytes": described["rss_bytes"],
             "service_peak_rss_bytes": described["peak_rss_bytes"], "service_load_seconds": described["load_seconds"],
             "items": described["items"], "users": described["users"], "levels": levels}
@@ -511,10 +526,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-movielens", action="store_true")
     parser.add_argument("--steps", type=int, default=20, help="MovieLens versions published during the load loop")
     parser.add_argument("--year-steps", type=int, default=3)
+    parser.add_argument("--reuse-year-store", action="store_true",
+                        help="reuse WORK/year-store from an earlier run with the same --year-steps")
     parser.add_argument("--requests", type=int, default=3000, help="requests per concurrency level at most")
     parser.add_argument("--seconds", type=float, default=30.0, help="seconds per concurrency level at most")
     parser.add_argument("--publish-seconds", type=float, default=600.0, help="bound of the publishing loop")
-    parser.add_argument("--users-cap", type=int, default=20_000, help="users scored for agreement at most")
+    parser.add_argument("--users-cap", type=int, default=2_000,
+                        help="users scored for agreement at most (a seeded uniform sample beyond)")
     parser.add_argument("--compare-libraries", action="store_true")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (the test)")
     parser.add_argument("--json-out", type=Path)

@@ -3,6 +3,7 @@ switch to newly published versions while clients keep asking."""
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import threading
 import time
@@ -66,7 +67,19 @@ def serving(svc: service.Service) -> Iterator[str]:
         thread.join(timeout=30)
 
 
-def test_answers_match_accrete_recommend_and_exclude_seen_items(store):
+def as_cosine(store_dir: Path) -> Path:
+    """Mark every version of a store as scored by cosine (`scoring.kind_of` reads the manifest's `scoring`)."""
+    for manifest in (store_dir / "versions").glob("v*/manifest.json"):
+        raw = json.loads(manifest.read_text())
+        raw["scoring"] = "cosine"
+        manifest.write_text(json.dumps(raw))
+    return store_dir
+
+
+@pytest.mark.parametrize("kind", ["dot", "cosine"])
+def test_answers_match_accrete_recommend_and_exclude_seen_items(store, kind):
+    if kind == "cosine":
+        as_cosine(store)
     s = Store(store)
     state = s.load()
     seen = recommend.seen_items(s, state)
@@ -80,6 +93,7 @@ def test_answers_match_accrete_recommend_and_exclude_seen_items(store):
             row = int(state.user_vocab.lookup([user])[0])
             rows = state.item_vocab.lookup([a["item_id"] for a in answer["items"]])
             assert not seen[row, rows].toarray().any()
+        assert client.get("/version").json()["scoring"] == kind
         item = state.item_vocab.ids[3].as_py()
         similar = client.get("/similar", params={"item": item, "k": 5}).json()
         assert [a["item_id"] for a in similar["items"]] == [e["item_id"] for e in recommend.similar(store, item, 5)]
