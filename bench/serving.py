@@ -232,10 +232,15 @@ def sample_users(n_rows: int, cap: int) -> np.ndarray:
 
 
 def follow_versions(store_dir: Path, versions: list[int], work: Path, users_cap: int) -> list[dict]:
-    """The index built at the first version, then moved by each version's delta; per version: delta export
-    and apply times, a rebuild's time, and the two-stage agreement with exact ranking."""
+    """The index built at the first version, then moved by each version's delta. Per version: the delta export's
+    time; the two commands an operator runs, end to end (`accrete index update --delta`: load the index, read the
+    delta, apply it in place, save; `accrete index build`: load and check the version, build, save); the same two
+    at their core (apply to a copy, as the service does; build from vectors in memory); and the two-stage
+    agreement with exact ranking, with the index kept by deltas. The machine is shared: every time is the best of
+    `REPEATS` interleaved runs (as bench/ingest.py's best_of)."""
     store = Store(store_dir)
     index = item_index.build_for_state(store.load(versions[0]), threads=1)
+    kept, scratch = work / "index-kept", work / "index-scratch"
     rows = []
     for previous, version in zip(versions, versions[1:]):
         path = work / f"delta-{version}.parquet"
@@ -243,30 +248,40 @@ def follow_versions(store_dir: Path, versions: list[int], work: Path, users_cap:
         summary = export_delta(store_dir, path, since=previous, version=version)
         export_seconds = time.perf_counter() - began
         state = store.load(version)
-        # The machine is shared: each side is the best of three runs, interleaved (as bench/ingest.py's best_of). The update reads the delta
-        # and applies it to a copy (as the service does; `accrete index update` works in place); the rebuild
-        # starts from item vectors already in memory.
-        apply_runs, rebuild_runs = [], []
+        shutil.rmtree(kept, ignore_errors=True)
+        index.save(kept)
+        runs: dict[str, list[float]] = {"apply": [], "rebuild": [], "update_command": [], "build_command": []}
         for _ in range(REPEATS):
             began = time.perf_counter()
             moved, done = index.apply_delta(item_index.read_delta(path))
-            apply_runs.append(time.perf_counter() - began)
+            runs["apply"].append(time.perf_counter() - began)
             began = time.perf_counter()
             rebuilt = item_index.build_for_state(state, threads=1)
-            rebuild_runs.append(time.perf_counter() - began)
+            runs["rebuild"].append(time.perf_counter() - began)
+            shutil.rmtree(scratch, ignore_errors=True)
+            shutil.copytree(kept, scratch)
+            began = time.perf_counter()
+            item_index.load(scratch).apply_delta(item_index.read_delta(path), in_place=True)[0].save(scratch)
+            runs["update_command"].append(time.perf_counter() - began)
+            shutil.rmtree(scratch)
+            began = time.perf_counter()
+            item_index.build_from_store(store_dir, version=version, threads=1).save(scratch)
+            runs["build_command"].append(time.perf_counter() - began)
         index = moved
-        apply_seconds, rebuild_seconds = min(apply_runs), min(rebuild_runs)
+        best = {name: min(values) for name, values in runs.items()}
         path.unlink()
         seen = recommend.seen_items(store, state)
         users = sample_users(len(state.user_vectors), users_cap)
         row = {"version": version, "items": len(index), "rebuilt_items": len(rebuilt), **done,
-               "delta_rows": summary["rows"], "export_seconds": export_seconds, "apply_seconds": apply_seconds,
-               "rebuild_seconds": rebuild_seconds,
+               "delta_rows": summary["rows"], "export_seconds": export_seconds, "apply_seconds": best["apply"],
+               "rebuild_seconds": best["rebuild"], "update_command_seconds": best["update_command"],
+               "build_command_seconds": best["build_command"],
                "agreement": agreement(seen, recommend.ranker(state, index), recommend.scorer(state), users)}
         rows.append(row)
         print(f"  v{version}: +{done['inserted']} items, {done['bias_only']} bias-only (left alone); delta export "
-              f"{export_seconds * 1e3:.0f} ms, apply {apply_seconds * 1e3:.1f} ms, rebuild {rebuild_seconds * 1e3:.0f} ms; "
-              f"agreement@10 {row['agreement']:.4f}", flush=True)
+              f"{export_seconds * 1e3:.0f} ms; index update {best['update_command'] * 1e3:.1f} ms vs build "
+              f"{best['build_command'] * 1e3:.0f} ms (core: apply {best['apply'] * 1e3:.1f} ms vs build "
+              f"{best['rebuild'] * 1e3:.0f} ms); agreement@10 {row['agreement']:.4f}", flush=True)
     return rows
 
 
@@ -503,11 +518,10 @@ def targets(report: dict) -> list[dict]:
                     "pass": worst >= TARGET_AGREEMENT})
     year = report.get("year")
     if year and year["steps"]:
-        # The update reads the night's delta export (the nightly pipeline writes it for every consumer) and applies
-        # it; the rebuild is timed from vectors already in memory, so loading them is not even counted.
-        share = max(r["apply_seconds"] / r["rebuild_seconds"] for r in year["steps"])
-        out.append({"target": f"year: index update (read the delta, apply it) <= {TARGET_UPDATE_SHARE:.0%} of a "
-                              f"rebuild after a nightly step (worst step)", "value": share,
+        # The commands an operator runs, end to end: `accrete index update --delta` against `accrete index build`.
+        share = max(r["update_command_seconds"] / r["build_command_seconds"] for r in year["steps"])
+        out.append({"target": f"year: index update after a nightly step <= {TARGET_UPDATE_SHARE:.0%} of a rebuild "
+                              f"(the commands, end to end; worst step)", "value": share,
                     "pass": share <= TARGET_UPDATE_SHARE})
     movielens = report.get("movielens")
     if movielens:
