@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -73,13 +74,16 @@ class ItemIndex:
     """An HNSW graph over item keys (inner product), and the version it reflects.
 
     `search` returns candidate item rows for a batch of queries; `apply_delta` moves it to a later version of the
-    same generation. Searching is safe from several threads; an update works on a copy (`apply_delta` returns a
-    new `ItemIndex`), so a service can keep answering from the old one until it switches.
+    same generation. Searching is safe from several threads (they take turns); an update works on a copy
+    (`apply_delta` returns a new `ItemIndex`), so a service can keep answering from the old one until it switches.
     """
 
     def __init__(self, meta: IndexMeta, graph: Any):
         self.meta = meta
         self.graph = graph
+        # usearch gives each concurrent search its own scratch space by thread slot; calls from several Python
+        # threads, each asking for one thread, would share slot 0. Searches are sub-millisecond: take turns.
+        self._searching = threading.Lock()
 
     @property
     def version(self) -> int:
@@ -96,7 +100,8 @@ class ItemIndex:
         if count == 0 or len(queries) == 0:
             return np.full((len(queries), count), -1, np.int64)
         # usearch widens the beam to `count` when `count` exceeds expansion_search.
-        matches = self.graph.search(queries, count, exact=False, threads=1)
+        with self._searching:
+            matches = self.graph.search(queries, count, exact=False, threads=1)
         rows = np.full((len(queries), count), -1, np.int64)
         if hasattr(matches, "counts"):  # a batch of queries
             found = np.asarray(matches.counts).reshape(-1, 1)

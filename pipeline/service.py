@@ -11,7 +11,7 @@ under it, a damaged file), the service keeps answering from the version it has a
 
 Answers are `pipeline.recommend`'s: the two-stage top-K with seen items excluded; an unknown user gets the
 time-aware popular list with `"fallback": true`. A bad parameter is a 400 with one line in `error`; an unknown
-item a 404. No training code is imported here (no TensorFlow: the service starts in about a second).
+item a 404. No training code is imported here (no TensorFlow).
 """
 from __future__ import annotations
 
