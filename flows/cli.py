@@ -232,8 +232,45 @@ def cmd_export(args: argparse.Namespace) -> None:
 def cmd_recommend(args: argparse.Namespace) -> None:
     from accrete.pipeline.recommend import recommend
 
-    rows = recommend(args.store, args.user, args.k, version=args.version)
+    candidates = {} if args.candidates is None else {"c": args.candidates}
+    rows = recommend(args.store, args.user, args.k, version=args.version, index_dir=args.index, **candidates)
+    if rows.fallback:
+        print(f"accrete recommend: note: unknown user {args.user!r} (not in version {rows.version}): the time-aware "
+              f"popular list", file=sys.stderr)
     _print(rows if args.json else "\n".join(f"{r['rank']:>3}  {r['item_id']}  {r['score']:.4f}" for r in rows), args.json)
+
+
+def cmd_index(args: argparse.Namespace) -> None:
+    from accrete.pipeline import index as item_index
+
+    started = time.perf_counter()
+    if args.index_command == "build":
+        built = item_index.build_from_store(args.store, version=args.version)
+        built.save(args.out)
+        summary: dict[str, Any] = {"version": built.version, "items": len(built), "kind": built.meta.kind,
+                                   "out": str(args.out)}
+    else:
+        if (args.delta is None) == (args.store is None):
+            raise AccreteError("index update needs either --delta FILE (a delta export) or --store STORE")
+        current = item_index.load(args.index)
+        if args.delta is not None:
+            updated, summary = current.apply_delta(item_index.read_delta(args.delta), in_place=True)
+        else:
+            updated, summary = item_index.update_from_store(current, args.store)
+        updated.save(args.index)
+        summary["items"] = len(updated)
+    summary["seconds"] = round(time.perf_counter() - started, 3)
+    _print(summary, args.json)
+
+
+def cmd_api(args: argparse.Namespace) -> None:
+    from accrete.pipeline import service
+
+    candidates = {} if args.candidates is None else {"c": args.candidates}
+    served = service.Service(args.store, index_dir=args.index, **candidates)
+    print(f"accrete api: serving version {served.current.version} of {args.store} on http://{args.host}:{args.port} "
+          f"(/recommend?user=&k=, /similar?item=&k=, /health, /version)", file=sys.stderr, flush=True)
+    service.serve(served, host=args.host, port=args.port)
 
 
 def cmd_similar(args: argparse.Namespace) -> None:
@@ -377,15 +414,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--delta-since", type=_positive, default=None)
 
-    p = command("recommend", cmd_recommend, "Top-K items for a user (seen items excluded).", store=True)
+    p = command("recommend", cmd_recommend, "Top-K items for a user (seen items excluded; two-stage, see README "
+                                            "\"Serving\"); an unknown user gets the time-aware popular list.", store=True)
     p.add_argument("--user", required=True)
     p.add_argument("-k", type=_positive, default=10)
     p.add_argument("--version", type=_positive, default=None)
+    p.add_argument("--index", type=Path, default=None, metavar="DIR",
+                   help="first-stage candidates from this ANN index (`accrete index build`; default: exact product)")
+    p.add_argument("--candidates", type=_positive, default=None, metavar="C",
+                   help="candidates per source (default: pipeline.two_stage.DEFAULT_C)")
 
     p = command("similar", cmd_similar, "The K items nearest to an item.", store=True)
     p.add_argument("--item", required=True)
     p.add_argument("-k", type=_positive, default=10)
     p.add_argument("--version", type=_positive, default=None)
+
+    p = sub.add_parser("index", help="Build or update the ANN index over a version's item keys.",
+                       description="Build or update the ANN index over a version's item keys.")
+    index_sub = p.add_subparsers(dest="index_command", required=True, metavar="ACTION")
+    p = index_sub.add_parser("build", help="Build the index of a version (default: current) into DIR.")
+    p.set_defaults(handler=cmd_index)
+    p.add_argument("--store", type=Path, default=Path(DEFAULT_STORE), help="model store (default: ./store)")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR")
+    p.add_argument("--version", type=_positive, default=None)
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p = index_sub.add_parser("update", help="Move an index to a later version: apply a delta export (--delta), or "
+                                           "take the store's current version (--store; a new generation rebuilds).")
+    p.set_defaults(handler=cmd_index)
+    p.add_argument("--index", type=Path, required=True, metavar="DIR")
+    p.add_argument("--delta", type=Path, default=None, metavar="FILE",
+                   help="a delta export (`accrete export --delta-since V`, V the index's version)")
+    p.add_argument("--store", type=Path, default=None, help="model store to follow instead of a delta file")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+    p = command("api", cmd_api, "Serve /recommend, /similar, /health and /version over HTTP from the current version; "
+                                "follows CURRENT and switches to a new version without a failed request.", store=True)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=_positive, default=8000)
+    p.add_argument("--index", type=Path, default=None, metavar="DIR",
+                   help="start from this index (default: build one at start, in memory)")
+    p.add_argument("--candidates", type=_positive, default=None, metavar="C",
+                   help="candidates per source (default: pipeline.two_stage.DEFAULT_C)")
 
     command("status", cmd_status, "Current version, lineage and per-version metrics.", store=True)
 

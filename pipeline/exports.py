@@ -13,7 +13,9 @@ Schema (one row per vocabulary row, the out-of-vocabulary row 0 excluded)::
 
 A user's score for an item is `user.vector . item.vector + item.bias`, plus `user.bias + global_bias` under
 the rating objective (a predicted rating; it does not change the ranking). The file's metadata (key
-`accrete`, JSON) holds `version`, `objective`, `global_bias` and `score`, the formula.
+`accrete`, JSON) holds `version`, `generation`, `objective`, `global_bias`, `score` (the formula) and `scoring`,
+the kind of `pipeline.scoring` (`dot`: index the vectors; `cosine`: index the unit vectors). An ANN index over
+item keys refuses a delta whose `delta_since` is not its version, and rebuilds when `generation` changes.
 
 A delta since V0 holds the rows added or changed since V0, and the IDs V0 had that were dropped by a
 vocabulary compaction. Every row not in the delta is checked to be byte-identical in both versions, so
@@ -29,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from accrete.pipeline import scoring
 from accrete.pipeline.atomic import write_parquet_atomically
 from accrete.pipeline.errors import StoreError
 from accrete.pipeline.manifest import Manifest
@@ -144,11 +147,13 @@ def read_export(path: str | Path) -> pa.Table:
 
 def _meta(state: ModelState, meta: dict[str, Any]) -> dict[str, Any]:
     manifest = Manifest.from_dict(state.manifest)
-    score = "user.vector . item.vector + item.bias"
+    kind = scoring.kind_of(state.manifest)
+    score = ("user.vector . item.vector" if kind == "dot" else "user.vector . (item.vector / |item.vector|)") + " + item.bias"
     if manifest.objective == "rating":
         score += " + user.bias + global_bias"
     return {**meta, "objective": manifest.objective, "global_bias": float(manifest.extra.get("global_bias", 0.0)),
-            "score": score, "recency": manifest.extra.get("recency")}
+            "score": score, "recency": manifest.extra.get("recency"), "generation": manifest.generation,
+            "scoring": kind}
 
 
 def _write(table: pa.Table, out: str | Path, meta: dict[str, Any]) -> None:

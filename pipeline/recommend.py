@@ -1,9 +1,11 @@
 """Answers from a published version: top-K items for a user, and the nearest items to an item.
 
-Scores are the evaluation's (`evaluation.dot_scorer`): `u . v_i + b_i`, where under iALS `b_i` is the
-time-aware term and under the rating objective `b_u + mu` is added to report a predicted rating. Plain
-NumPy over the stored tables: no TensorFlow, no Prefect, so a lookup costs a table load and one matrix
-product. A user's already-seen items (from the store's consumed history) are excluded.
+Top-K is the two-stage ranking the lookup service uses (`pipeline.two_stage`): candidates by `q_u . k_i` (from
+an ANN index when one is given, else an exact product) and by the time-aware term, then the exact score
+`s(u, i) = q_u . k_i + t_i` of `pipeline.scoring`, the one the prequential evaluation ranks by; under the rating
+objective `b_u + mu` is added to report a predicted rating. A user's already-seen items (`seen_items`) are
+excluded. An unknown user gets the time-aware popular list, marked as a fallback. Plain NumPy over the stored
+tables: no TensorFlow, no Prefect.
 """
 from __future__ import annotations
 
@@ -11,32 +13,88 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 
-from accrete.pipeline import evaluation, scoring
+from accrete.pipeline import evaluation, scoring, two_stage
 from accrete.pipeline.errors import AccreteError
-from accrete.pipeline.store import ModelState, Store
+from accrete.pipeline.store import ModelState, Store, has_parts
 
 
 class UnknownIdError(AccreteError):
     """The user or item ID is not in the version's vocabulary."""
 
 
-def scorer(state: ModelState) -> evaluation.Scorer:
-    """The version's scoring function, the same one its prequential evaluation used."""
+class Recommendations(list):
+    """A user's top-K (a list of `{rank, item_id, row, score}`) and whether it is the unknown-user fallback."""
+
+    def __init__(self, items: list[dict[str, Any]], *, fallback: bool, version: int):
+        super().__init__(items)
+        self.fallback = fallback
+        self.version = version
+
+
+def version_scoring(state: ModelState) -> scoring.Scoring:
+    """The version's queries, keys and term (the term only where its objective scores with the item bias)."""
     manifest = state.manifest
-    objective = manifest["objective"]
     use_bias = bool(manifest["config"]["model"].get("use_bias", True))
-    item_bias = state.item_bias if evaluation.uses_item_bias(objective, use_bias) else None
-    ranking = scoring.of_tables(scoring.kind_of(manifest), state.user_vectors, state.item_vectors, item_bias).scores
-    if objective != "rating":
-        return ranking
+    item_bias = state.item_bias if evaluation.uses_item_bias(manifest["objective"], use_bias) else None
+    return scoring.of_tables(scoring.kind_of(manifest), state.user_vectors, state.item_vectors, item_bias)
+
+
+def user_offsets(state: ModelState) -> np.ndarray | None:
+    """Per-user constants of a reported score: `mu + b_u` under the rating objective (a predicted rating), else
+    none. They change no ranking."""
+    manifest = state.manifest
+    if manifest["objective"] != "rating":
+        return None
+    use_bias = bool(manifest["config"]["model"].get("use_bias", True))
     mu = np.float32(manifest.get("global_bias", 0.0))
+    bias = state.user_bias if use_bias else np.zeros(len(state.user_vectors), np.float32)
+    return (np.asarray(bias, np.float32) + mu).astype(np.float32)
+
+
+def scorer(state: ModelState) -> evaluation.Scorer:
+    """The version's exact scoring function over every item, the one its prequential evaluation used."""
+    ranking = version_scoring(state).scores
+    offsets = user_offsets(state)
+    if offsets is None:
+        return ranking
 
     def predicted_rating(user_rows: np.ndarray) -> np.ndarray:
-        offset = mu + (state.user_bias[user_rows] if use_bias else np.float32(0.0))
-        return ranking(user_rows) + np.asarray(offset, np.float32)[:, None]
+        rows = np.asarray(user_rows, np.int64)
+        return ranking(rows) + offsets[np.where(rows < len(offsets), rows, 0)][:, None]
 
     return predicted_rating
+
+
+def seen_items(store: Store, state: ModelState, user_rows: np.ndarray | None = None) -> sp.csr_matrix:
+    """Consumed items as a boolean users x items CSR (rows of `state`'s vocabularies): of the given user rows
+    only, read by row from the version's history parts (the pages of those users), or, without `user_rows` or
+    on a store written before row-addressed history, of every user from the whole consumed history.
+
+    The one place that reads seen items.
+    """
+    shape = (len(state.user_vectors), len(state.item_vectors))
+    if user_rows is not None and has_parts(state.manifest):
+        rows = store.user_interactions(np.asarray(user_rows, np.int64), version=state.version)
+        return evaluation.seen_matrix(rows["user_row"].to_numpy().astype(np.int64),
+                                      rows["item_row"].to_numpy().astype(np.int64), *shape)
+    history = store.read_history(state.partitions)
+    users = state.user_vocab.lookup(history["user_id"])
+    items = state.item_vocab.lookup(history["item_id"])
+    if user_rows is not None:
+        mine = np.isin(users, user_rows)
+        users, items = users[mine], items[mine]
+    return evaluation.seen_matrix(users, items, *shape)
+
+
+def ranker(state: ModelState, index: Any = None, c: int = two_stage.DEFAULT_C) -> two_stage.TwoStageRanker:
+    """The version's two-stage ranker; its first stage is `index.search` (a `pipeline.index.ItemIndex` of this
+    version) or, without one, the exact product over the keys."""
+    version = version_scoring(state)
+    source = index.search if index is not None else two_stage.exact_source(version.keys)
+    return two_stage.TwoStageRanker(version, source, two_stage.term_order(version.term, len(version.keys)), c,
+                                    user_offsets(state))
 
 
 def _row(vocab, identifier: str, what: str) -> int:
@@ -46,29 +104,48 @@ def _row(vocab, identifier: str, what: str) -> int:
     return row
 
 
-def recommend(store_dir: str | Path, user_id: str, k: int = 10, *, version: int | None = None) -> list[dict[str, Any]]:
-    """The top-k items for a user, excluding items the user already interacted with."""
+def recommend(store_dir: str | Path, user_id: str, k: int = 10, *, version: int | None = None,
+              index_dir: str | Path | None = None, c: int = two_stage.DEFAULT_C) -> Recommendations:
+    """The top-k items for a user, excluding items the user already interacted with; for an unknown user, the
+    time-aware popular list (`fallback` true). `index_dir`: an index of the same version (`accrete index build`)."""
     store = Store(store_dir)
     state = store.load(version)
-    row = _row(state.user_vocab, user_id, "user")
-    history = store.read_history(state.partitions)
-    users = state.user_vocab.lookup(history["user_id"])
-    seen_items = state.item_vocab.lookup(history["item_id"])[users == row]
-    seen = evaluation.seen_matrix(np.full(len(seen_items), row), seen_items, row + 1, len(state.item_vectors))
-    rows, scores = evaluation.top_k_excluding_seen(scorer(state), np.array([row]), k, seen)
-    return _answer(state.item_vocab, rows[0], scores[0])
+    index = None
+    if index_dir is not None:
+        from accrete.pipeline import index as item_index
+
+        index = item_index.load(index_dir)
+        if index.version != state.version:
+            raise item_index.ItemIndexError(f"{index_dir}: the index reflects version {index.version}, the store's is "
+                                            f"{state.version}: run `accrete index update`")
+    rank = ranker(state, index, c)
+    row = int(state.user_vocab.lookup([user_id])[0])
+    if row == 0:
+        rows, scores = rank.fallback(k)
+        return Recommendations(_answer(state.item_vocab, rows, scores), fallback=True, version=state.version)
+    rows, scores = rank.top_k(np.array([row]), k, seen_items(store, state, np.array([row])))
+    return Recommendations(_answer(state.item_vocab, rows[0], scores[0]), fallback=False, version=state.version)
 
 
 def similar(store_dir: str | Path, item_id: str, k: int = 10, *, version: int | None = None) -> list[dict[str, Any]]:
     """The k items nearest to an item by cosine similarity of their vectors (never itself nor row 0)."""
     state = Store(store_dir).load(version)
     row = _row(state.item_vocab, item_id, "item")
-    table = state.item_vectors
-    unit = table / np.maximum(np.linalg.norm(table, axis=1, keepdims=True), np.finfo(np.float32).tiny)
-    itself = evaluation.seen_matrix(np.array([row]), np.array([row]), row + 1, len(table))
+    rows, scores = nearest_items(unit_vectors(state.item_vectors), row, k)
+    return _answer(state.item_vocab, rows, scores)
+
+
+def unit_vectors(item_vectors: np.ndarray) -> np.ndarray:
+    """Item vectors scaled to unit length (a zero row stays zero): what `nearest_items` compares."""
+    return scoring.item_keys(item_vectors, "cosine")
+
+
+def nearest_items(unit: np.ndarray, row: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k item rows of highest cosine to item `row` (never itself nor row 0; -1 pads), and their cosines."""
+    itself = evaluation.seen_matrix(np.array([row]), np.array([row]), row + 1, len(unit))
     # Items act as queries here: the "seen" item of query `row` is the item itself.
     rows, scores = evaluation.top_k_excluding_seen(lambda queries: unit[queries] @ unit.T, np.array([row]), k, itself)
-    return _answer(state.item_vocab, rows[0], scores[0])
+    return rows[0], scores[0]
 
 
 def _answer(vocab, rows: np.ndarray, scores: np.ndarray) -> list[dict[str, Any]]:

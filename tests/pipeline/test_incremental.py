@@ -285,8 +285,10 @@ def test_recommend_ranks_unseen_items_and_similar_finds_neighbours(store):
     item = answer[0]["item_id"]
     neighbours = similar(store, item, k=5)
     assert len(neighbours) == 5 and item not in {row["item_id"] for row in neighbours}
+    fallback = recommend(store, "nobody", k=5)  # an unknown user gets the time-aware popular list
+    assert fallback.fallback and len(fallback) == 5
     with pytest.raises(UnknownIdError, match="nobody"):
-        recommend(store, "nobody", k=5)
+        similar(store, "nobody", k=5)
 
 
 def test_history_read_through_the_retrain_base_equals_the_per_partition_files(store):
