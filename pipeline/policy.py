@@ -50,13 +50,19 @@ def pending_partitions(data_dir: str | Path, store_dir: str | Path) -> list[dt.d
 
 
 def nothing_to_do(data_dir: str | Path, store_dir: str | Path, start: dt.date | None = None,
-                  end: dt.date | None = None) -> str | None:
-    """Why a nightly run (no range) or a backfill over [start, end] would change nothing, as one line; None when
-    it has work: a pending partition in range, or a retrain owed by the current version."""
+                  end: dt.date | None = None, date: dt.date | None = None) -> str | None:
+    """Why a nightly run (no range, or the partition `date`) or a backfill over [start, end] would change
+    nothing, as one line; None when it has work: a pending partition in range, or a retrain owed by the
+    current version."""
     manifest = Store(store_dir).read_manifest()
     if _owed(manifest):
         return None
     applied = _applied(manifest)
+    if date is not None:
+        if date not in applied:
+            return None
+        return (f"nothing to do: partition {date} is already applied (version {manifest.version}); use --force "
+                f"to redo the latest step")
     available = contract.list_partitions(data_dir)
     if start is None or end is None:
         if any(d > applied[-1] for d in available):
@@ -68,3 +74,30 @@ def nothing_to_do(data_dir: str | Path, store_dir: str | Path, start: dt.date | 
         return None
     return (f"nothing to apply: the {len(in_range)} partition(s) from {start} to {end} are already applied "
             f"(version {manifest.version})")
+
+
+def partitions_to_read(data_dir: str | Path, store_dir: str | Path, date: dt.date | None = None,
+                       start: dt.date | None = None, end: dt.date | None = None,
+                       as_of: dt.date | None = None) -> list[dt.date]:
+    """The new partitions a run will read first, so they can be checked before anything starts: a nightly's
+    (`date`, or the oldest pending one), a backfill's first pending one in [start, end] (a later bad one stops
+    the backfill there, resumably), a retrain's partitions up to `as_of` that the store has not consumed
+    (every one, on an empty store). Consumed partitions were checked when they were applied."""
+    store = Store(store_dir)
+    applied = set(_applied(store.read_manifest())) if store.current_version() is not None else set()
+    available = [d for d in contract.list_partitions(data_dir) if d not in applied]
+    if as_of is not None:
+        return [d for d in available if d <= as_of]
+    if start is not None and end is not None:
+        return [d for d in available if start <= d <= end][:1]
+    if date is not None:
+        return [date] if date in available else []
+    last = max(applied) if applied else None
+    return [d for d in available if last is None or d > last][:1]
+
+
+def check_partitions(data_dir: str | Path, dates: list[dt.date]) -> None:
+    """Read and validate each partition as a run would (`contract.read_partition`: files, columns, types,
+    a future date), discarding the result: a data error is raised here, before Prefect starts."""
+    for date in dates:
+        contract.read_partition(data_dir, date)
