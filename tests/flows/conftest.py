@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -44,8 +45,25 @@ WORLD_SIZE = dict(initial_users=300, initial_items=200, new_users_per_day=10, ne
 
 @pytest.fixture(scope="session", autouse=True)
 def _remove_prefect_home():
+    """At the end of the session: stop the local Prefect server the CLI runs started in this session's home
+    (`flows/local_server.py`; CI must not leave one running), then remove the home."""
     yield
+    from accrete.flows.local_server import stop_server
+
+    stop_server(PREFECT_HOME)
     shutil.rmtree(PREFECT_HOME, ignore_errors=True)
+
+
+@pytest.fixture
+def fresh_prefect_home(tmp_path) -> Iterator[Path]:
+    """A Prefect home of this test only, with no server yet; any local server started in it is stopped
+    afterwards."""
+    from accrete.flows.local_server import stop_server
+
+    home = tmp_path / "prefect-home"
+    home.mkdir()
+    yield home
+    stop_server(home)
 
 
 @pytest.fixture(scope="session")
