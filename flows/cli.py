@@ -138,7 +138,9 @@ def _require_store(args: argparse.Namespace) -> None:
     from accrete.pipeline.store import Store
 
     store = Store(args.store)
-    store.verify_files(store.require_current())
+    current = store.require_current()
+    if not _handed_over():
+        store.verify_files(current)
 
 
 def _check_partitions(args: argparse.Namespace, **run: Any) -> None:
@@ -146,7 +148,36 @@ def _check_partitions(args: argparse.Namespace, **run: Any) -> None:
     a corrupt or misdated partition is one line before Prefect is imported, like an argument error."""
     from accrete.pipeline.policy import check_partitions, partitions_to_read
 
-    check_partitions(args.data, partitions_to_read(args.data, args.store, **run))
+    if not _handed_over():  # the CLI that handed this run over checked them a moment ago
+        check_partitions(args.data, partitions_to_read(args.data, args.store, **run))
+
+
+def _handed_over() -> bool:
+    """Whether this process is a warm runner's child running a CLI's checked run (`flows/warm_runner.py`)."""
+    from accrete.flows.warm_runner import CHECKED_ENV
+
+    return os.environ.get(CHECKED_ENV) == "1"
+
+
+class _Finished(Exception):
+    """The run was handed to the warm runner and ended there with this exit code."""
+
+    def __init__(self, code: int):
+        super().__init__(code)
+        self.code = code
+
+
+def _hand_over(args: argparse.Namespace) -> None:
+    """Run this command in a child of the warm runner (Prefect and the pipeline already imported) when one
+    matches this CLI; raises `_Finished` with its exit code. Returns when the run is to happen here."""
+    from accrete.flows import warm_runner
+    from accrete.flows.local_server import prefect_home
+
+    if _handed_over():
+        return
+    code = warm_runner.run(prefect_home(), args.argv)
+    if code is not None:
+        raise _Finished(code)
 
 
 def _warn(command: str, result: dict[str, Any]) -> None:
@@ -198,6 +229,7 @@ def cmd_retrain(args: argparse.Namespace) -> None:
         store.verify_files(current)
     _check_partitions(args, as_of=args.as_of)
     _start_prefect_api("retrain")
+    _hand_over(args)
     from accrete.flows.flows import full_retrain
 
     result = full_retrain(data=str(args.data), store=str(args.store), as_of=args.as_of.isoformat(),
@@ -218,6 +250,7 @@ def cmd_nightly(args: argparse.Namespace) -> None:
     if not args.force:  # --force redoes a consumed partition, checked when it was applied
         _check_partitions(args, date=args.date)
     _start_prefect_api("nightly")
+    _hand_over(args)
     from accrete.flows.flows import nightly
 
     result = nightly(data=str(args.data), store=str(args.store),
@@ -240,6 +273,7 @@ def cmd_backfill(args: argparse.Namespace) -> None:
         return
     _check_partitions(args, start=args.start, end=args.end)
     _start_prefect_api("backfill")
+    _hand_over(args)
     from accrete.flows.flows import backfill
 
     result = backfill(data=str(args.data), store=str(args.store), start=args.start.isoformat(),
@@ -508,6 +542,7 @@ def main(argv: list[str] | None = None) -> int:
     import signal
 
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if _in_main_thread():
         signal.signal(signal.SIGTERM, _raise_terminated)
     # Prefect's per-run log would bury the one-line result, and its task/flow ERROR lines would repeat a
@@ -516,7 +551,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     try:
         args.handler(args)
-        sys.stdout.flush()  # a reader that went away is seen here, not as a traceback at exit
+        sys.stdout.flush()
+    except _Finished as finished:
+        return finished.code  # a reader that went away is seen here, not as a traceback at exit
     except BrokenPipeError:
         # `accrete status | head -5`: the reader has what it wanted; say nothing, like any Unix filter.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

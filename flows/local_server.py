@@ -263,10 +263,13 @@ def ensure_server(home: Path | None = None, timeout: float | None = None,
 
 def stop_server(home: Path | None = None) -> ServerRecord | None:
     """Stop the recorded server; returns its record, or None when none was running."""
+    from accrete.flows import warm_runner
+
     home = home or prefect_home()
     if not home.is_dir():
         return None
     with _start_lock(home):
+        warm_runner.stop(home)  # its runs need the server
         record = read_record(home)
         if record is None:
             return None
