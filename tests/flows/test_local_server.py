@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from accrete.flows import warm_runner
 from accrete.flows.local_server import STATE_FILE, read_record
 from accrete.pipeline.contract import list_partitions
 from accrete.pipeline.store import Store
@@ -100,6 +101,14 @@ def test_runs_share_one_detached_server_that_records_them_until_it_is_stopped(
     assert not _alive(record.pid) and not (fresh_prefect_home / STATE_FILE).exists()
 
 
+def _lock_holder(store: Path) -> int | None:
+    try:
+        pid = json.loads((store / "LOCK").read_text()).get("pid")
+    except (OSError, ValueError):
+        return None
+    return pid if isinstance(pid, int) else None
+
+
 def _spawn(args: list, env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen([*ACCRETE, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
                             cwd=REPO_ROOT)
@@ -137,9 +146,28 @@ def test_kill_9_of_a_run_ends_a_callers_read_of_its_pipes_at_once(world, make_st
     running.communicate(timeout=30)
     assert time.monotonic() - killed < 5
 
-    # The server the first run started served the second and is still there for the next.
+    # The server the first run started served the second and is still there for the next. The second run
+    # started the warm runner: a run handed over to it is killed the same way, and its child goes with it.
     record = read_record(fresh_prefect_home)
     assert record is not None and _alive(record.pid)
+    deadline = time.monotonic() + 240
+    while warm_runner.read_record(fresh_prefect_home) is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    runner = warm_runner.read_record(fresh_prefect_home)
+    assert runner is not None, (fresh_prefect_home / warm_runner.LOG_FILE).read_text()
+    handed = _spawn(args, env)
+    _wait_for(lambda: _lock_holder(store) not in (None, running.pid), handed)  # not the lock the last kill left
+    child = _lock_holder(store)
+    assert child is not None
+    assert child != handed.pid and os.getsid(child) == runner["pid"]  # the run happens in the runner's child
+    handed.send_signal(signal.SIGKILL)
+    killed = time.monotonic()
+    handed.communicate(timeout=30)
+    assert time.monotonic() - killed < 5
+    while _alive(child) and time.monotonic() - killed < 5:
+        time.sleep(0.05)
+    assert not _alive(child), "the runner's child outlived the CLI it ran for"
+
     rerun = subprocess.run([*ACCRETE, *map(str, args)], capture_output=True, text=True, env=env, cwd=REPO_ROOT,
                            timeout=300)
     assert rerun.returncode == 0, rerun.stderr
