@@ -17,7 +17,10 @@ from typing import Iterator
 
 import pytest
 
-PREFECT_HOME = Path(tempfile.mkdtemp(prefix="accrete-test-prefect-home-"))
+# Once per session, even if a test module imports this file a second time under another name
+# (`tests.flows.conftest`): a second home would leave the first one's server without its finalizer.
+PREFECT_HOME = Path(os.environ.get("ACCRETE_TEST_PREFECT_HOME") or tempfile.mkdtemp(prefix="accrete-test-prefect-home-"))
+os.environ["ACCRETE_TEST_PREFECT_HOME"] = str(PREFECT_HOME)
 os.environ["PREFECT_HOME"] = str(PREFECT_HOME)
 os.environ.pop("PREFECT_API_URL", None)
 os.environ.pop("PREFECT_PROFILE", None)
@@ -52,6 +55,7 @@ def _remove_prefect_home():
 
     stop_server(PREFECT_HOME)
     shutil.rmtree(PREFECT_HOME, ignore_errors=True)
+    os.environ.pop("ACCRETE_TEST_PREFECT_HOME", None)
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from accrete.pipeline.contract import list_partitions
 from accrete.pipeline.dashboard import build_dashboard
 from accrete.pipeline.store import LOCK, Store
 
-from tests.flows.conftest import REPO_ROOT
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _one_error_line(proc: subprocess.CompletedProcess, command: str, code: int = 2, *, alone: bool = True) -> str:

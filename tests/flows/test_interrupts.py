@@ -30,7 +30,7 @@ from accrete.pipeline.contract import list_partitions
 from accrete.pipeline.incremental import run_full_retrain
 from accrete.pipeline.store import Store
 
-from tests.flows.conftest import REPO_ROOT
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 ACCRETE = Path(sys.executable).parent / "accrete"
 SNAPSHOT_FILES = ("item_vectors.npy", "item_bias.npy", "item_vocab.parquet", "user_vectors.npy", "user_vocab.parquet")

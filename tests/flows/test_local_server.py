@@ -19,7 +19,7 @@ from accrete.flows.local_server import STATE_FILE, read_record
 from accrete.pipeline.contract import list_partitions
 from accrete.pipeline.store import Store
 
-from tests.flows.conftest import REPO_ROOT
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 ACCRETE = [sys.executable, "-m", "accrete.flows.cli"]
 
