@@ -52,7 +52,7 @@ def _wait_for_runner(home: Path, seconds: float = 300) -> float | None:
 
     started = time.perf_counter()
     while time.perf_counter() - started < seconds:
-        if warm_runner.read_record(home) is not None:
+        if warm_runner.ready_record(home) is not None:
             return time.perf_counter() - started
         time.sleep(0.1)
     return None

@@ -248,6 +248,9 @@ def ensure_server(home: Path | None = None, timeout: float | None = None,
             _terminate(record)
         if record is not None:
             _remove_record(home, record)
+        from accrete.flows import warm_runner
+
+        warm_runner.stop(home)  # a runner of an earlier server would send its runs to a dead URL
         for _attempt in range(2):
             record = _spawn(home)
             if _wait_healthy(record, seconds):

@@ -41,7 +41,7 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 RECORD_FILE = "accrete-runner.json"
 LOG_FILE = "accrete-runner.log"
@@ -69,7 +69,8 @@ def fingerprint() -> str:
     """What a runner's imports depend on: interpreter, import path, package files, import-time settings."""
     digest = hashlib.sha256()
     digest.update(sys.executable.encode())
-    digest.update("\0".join(sys.path).encode())
+    # sys.path[0] is the script's directory or the working directory (`python -m`), not where accrete is.
+    digest.update("\0".join(sys.path[1:]).encode())
     for path in _code_files():
         with contextlib.suppress(OSError):
             stat = path.stat()
@@ -78,7 +79,13 @@ def fingerprint() -> str:
     code = digest.hexdigest()[:16]
     env = sorted((k, v) for k, v in os.environ.items()
                  if k.startswith(_FINGERPRINT_PREFIXES) and k not in _FINGERPRINT_EXCLUDED)
-    return code + ":" + hashlib.sha256(json.dumps(env).encode()).hexdigest()[:16]
+    # Prefect also reads settings from these files in the working directory when it is imported.
+    local = []
+    for name in ("prefect.toml", "pyproject.toml", ".env"):
+        with contextlib.suppress(OSError):
+            stat = Path(name).stat()
+            local.append((name, stat.st_mtime_ns, stat.st_size))
+    return code + ":" + hashlib.sha256(json.dumps([env, local]).encode()).hexdigest()[:16]
 
 
 def socket_path(home: Path) -> Path:
@@ -95,6 +102,14 @@ def read_record(home: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return record if isinstance(record, dict) else None
+
+
+def ready_record(home: Path) -> dict[str, Any] | None:
+    """The runner's record once it is alive and listening; None before (or without one)."""
+    record = read_record(home)
+    if record is None or record.get("socket") is None or not _alive(record["pid"], record.get("start")):
+        return None
+    return record
 
 
 def _alive(pid: int, start: str | None) -> bool:
@@ -132,12 +147,34 @@ def stop(home: Path) -> bool:
     return True
 
 
-def start_in_background(home: Path) -> None:
-    """Start a runner for this home and the current settings, detached, without waiting for it to be ready."""
+def start_in_background(home: Path, mine: str) -> None:
+    """Start a runner for this home and the current settings, detached, without waiting for it to be ready.
+    It is recorded at once (without a socket), so runs in the meantime neither wait nor start another."""
     with open(home / LOG_FILE, "ab") as log:
-        subprocess.Popen([sys.executable, "-m", "accrete.flows.warm_runner", str(home)], stdin=subprocess.DEVNULL,
-                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
-                         env=dict(os.environ))
+        process = subprocess.Popen([sys.executable, "-m", "accrete.flows.warm_runner", str(home)],
+                                   stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True, close_fds=True, env=dict(os.environ))
+    _write_record(home, {"pid": process.pid, "start": _process_start(process.pid), "socket": None,
+                         "fingerprint": mine, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+
+
+def _write_record(home: Path, record: dict[str, Any]) -> None:
+    tmp = home / f".{RECORD_FILE}.{os.getpid()}"
+    tmp.write_text(json.dumps(record))
+    os.replace(tmp, home / RECORD_FILE)
+
+
+@contextlib.contextmanager
+def _record_lock(home: Path) -> Iterator[None]:
+    """Two CLIs that find no runner at the same moment start one, not two."""
+    import fcntl
+
+    fd = os.open(home / f"{RECORD_FILE}.lock", os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 # ----- the CLI's side ----------------------------------------------------------------------------------
@@ -146,16 +183,18 @@ def run(home: Path, argv: list[str]) -> int | None:
     usable runner (the caller then runs in-process; a runner is started for next time when none matches)."""
     if not enabled():
         return None
-    record = read_record(home)
     mine = fingerprint()
-    usable = record is not None and _alive(record["pid"], record.get("start"))
-    if not usable or record is None or record.get("fingerprint") != mine:
-        if usable and record is not None and record.get("fingerprint", "").split(":")[0] != mine.split(":")[0]:
+    with _record_lock(home):
+        record = read_record(home)
+        alive = record is not None and _alive(record["pid"], record.get("start"))
+        if record is not None and alive and record.get("fingerprint", "").split(":")[0] != mine.split(":")[0]:
             stop(home)  # its code is stale: replace it
-            usable = False
-        if not usable:
-            start_in_background(home)
-        return None
+            alive = False
+        if record is None or not alive:
+            start_in_background(home, mine)
+            return None
+    if record.get("socket") is None or record.get("fingerprint") != mine:
+        return None  # still starting, or started for other settings: this run happens in-process
     connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         connection.connect(str(record["socket"]))
@@ -227,11 +266,8 @@ def serve(home: Path) -> None:
     listener.bind(str(path))
     listener.listen(16)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
-    record = {"pid": os.getpid(), "start": _process_start(os.getpid()), "socket": str(path),
-              "fingerprint": fingerprint(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    tmp = home / f".{RECORD_FILE}.{os.getpid()}"
-    tmp.write_text(json.dumps(record))
-    os.replace(tmp, home / RECORD_FILE)
+    _write_record(home, {"pid": os.getpid(), "start": _process_start(os.getpid()), "socket": str(path),
+                         "fingerprint": fingerprint(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     print(f"runner {os.getpid()} ready on {path}", flush=True)
     while True:
         connection, _ = listener.accept()

@@ -151,9 +151,9 @@ def test_kill_9_of_a_run_ends_a_callers_read_of_its_pipes_at_once(world, make_st
     record = read_record(fresh_prefect_home)
     assert record is not None and _alive(record.pid)
     deadline = time.monotonic() + 240
-    while warm_runner.read_record(fresh_prefect_home) is None and time.monotonic() < deadline:
+    while warm_runner.ready_record(fresh_prefect_home) is None and time.monotonic() < deadline:
         time.sleep(0.1)
-    runner = warm_runner.read_record(fresh_prefect_home)
+    runner = warm_runner.ready_record(fresh_prefect_home)
     assert runner is not None, (fresh_prefect_home / warm_runner.LOG_FILE).read_text()
     handed = _spawn(args, env)
     _wait_for(lambda: _lock_holder(store) not in (None, running.pid), handed)  # not the lock the last kill left
