@@ -203,7 +203,10 @@ def run(home: Path, argv: list[str]) -> int | None:
         return None
     with connection:
         request = json.dumps({"argv": argv, "cwd": os.getcwd(), "env": {**os.environ, CHECKED_ENV: "1"}}).encode()
-        socket.send_fds(connection, [struct.pack("!I", len(request)) + request], [0, 1, 2])
+        try:
+            socket.send_fds(connection, [struct.pack("!I", len(request)) + request], [0, 1, 2])
+        except OSError:  # e.g. the CLI was started with stdin closed: nothing to hand over, run here
+            return None
         return _wait_for_child(connection)
 
 
