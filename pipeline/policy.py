@@ -79,15 +79,16 @@ def nothing_to_do(data_dir: str | Path, store_dir: str | Path, start: dt.date | 
 def partitions_to_read(data_dir: str | Path, store_dir: str | Path, date: dt.date | None = None,
                        start: dt.date | None = None, end: dt.date | None = None,
                        as_of: dt.date | None = None) -> list[dt.date]:
-    """The new partitions a run will read first, so they can be checked before anything starts: a nightly's
-    (`date`, or the oldest pending one), a backfill's first pending one in [start, end] (a later bad one stops
-    the backfill there, resumably), a retrain's partitions up to `as_of` that the store has not consumed
-    (every one, on an empty store). Consumed partitions were checked when they were applied."""
+    """The new partitions to check before anything starts: a nightly's (`date`, or the oldest pending one), a
+    backfill's first pending one in [start, end] (a later bad one stops the backfill there, resumably), a
+    retrain's newest unconsumed one up to `as_of` (the data that just arrived; on an empty store the older
+    ones are checked by the retrain itself, before it publishes anything: checking a thousand weekly
+    partitions twice would cost seconds). Consumed partitions were checked when they were applied."""
     store = Store(store_dir)
     applied = set(_applied(store.read_manifest())) if store.current_version() is not None else set()
     available = [d for d in contract.list_partitions(data_dir) if d not in applied]
     if as_of is not None:
-        return [d for d in available if d <= as_of]
+        return [d for d in available if d <= as_of][-1:]
     if start is not None and end is not None:
         return [d for d in available if start <= d <= end][:1]
     if date is not None:

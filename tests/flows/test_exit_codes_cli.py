@@ -87,10 +87,11 @@ def test_a_store_path_that_is_a_file_is_one_line_before_prefect(command, run_cli
 @pytest.mark.parametrize("command", ["nightly", "backfill", "retrain"])
 def test_a_corrupt_partition_the_run_would_read_is_one_line_before_prefect(command, run_cli, data_copy, make_store,
                                                                            config_path, tmp_path, fresh_prefect_home):
-    """The partition a nightly applies next, a backfill's first pending one, a retrain's unconsumed ones: read
-    and validated before Prefect is imported, so the error comes in about a second and the store is untouched."""
+    """The partition a nightly applies next, a backfill's first pending one, a retrain's newest unconsumed one
+    (its as-of date): read and validated before Prefect is imported, so the error comes in about a second and
+    the store is untouched."""
     dates = list_partitions(data_copy)
-    bad = dates[1]
+    bad = dates[2] if command == "retrain" else dates[1]
     broken = data_copy / "interactions" / f"date={bad}" / "part-0.parquet"
     broken.write_bytes(b"not parquet")
     store = make_store(data_copy) if command != "retrain" else tmp_path / "empty-store"
