@@ -225,7 +225,7 @@ def cmd_retrain(args: argparse.Namespace) -> None:
         raise PartitionOrderError(f"{args.data}: no partition on or before {args.as_of}")
     store = Store(args.store)
     current = store.current_version()  # an empty or new store is bootstrapped; a damaged one is an error
-    if current is not None:
+    if current is not None and not _handed_over():
         store.verify_files(current)
     _check_partitions(args, as_of=args.as_of)
     _start_prefect_api("retrain")
