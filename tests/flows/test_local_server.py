@@ -140,7 +140,8 @@ def test_kill_9_of_a_run_ends_a_callers_read_of_its_pipes_at_once(world, make_st
     assert time.monotonic() - killed < 5
 
     running = _spawn(args, env)
-    _wait_for(lambda: (store / "LOCK").exists(), running)
+    # Once the lock names its holder: killed before that, an empty lock waits out its grace period (60 s).
+    _wait_for(lambda: _lock_holder(store) is not None, running)
     running.send_signal(signal.SIGKILL)
     killed = time.monotonic()
     running.communicate(timeout=30)
