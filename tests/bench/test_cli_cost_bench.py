@@ -24,6 +24,6 @@ def test_the_cli_cost_bench_smoke_run_prints_every_number_and_stops_its_server(t
     run = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     for line in ("first run (retrain on an empty store", "warm runner ready", "nightly median", "ratio",
-                 "small store (4 days): warm nightly median"):
+                 "small store (4 days): warm nightly median", "in-process (ACCRETE_WARM_RUNNER=0"):
         assert line in run.stdout, run.stdout
     assert read_record(work / "prefect-home") is None  # stopped
