@@ -230,10 +230,11 @@ def cmd_retrain(args: argparse.Namespace) -> None:
     _check_partitions(args, as_of=args.as_of)
     _start_prefect_api("retrain")
     _hand_over(args)
-    from accrete.flows.flows import full_retrain
+    from accrete.flows.flows import full_retrain, manual_run
 
-    result = full_retrain(data=str(args.data), store=str(args.store), as_of=args.as_of.isoformat(),
-                          window_days=args.window_days, config_path=args.config)
+    with manual_run():
+        result = full_retrain(data=str(args.data), store=str(args.store), as_of=args.as_of.isoformat(),
+                              window_days=args.window_days, config_path=args.config)
     _print(result, args.json)
 
 
@@ -251,10 +252,11 @@ def cmd_nightly(args: argparse.Namespace) -> None:
         _check_partitions(args, date=args.date)
     _start_prefect_api("nightly")
     _hand_over(args)
-    from accrete.flows.flows import nightly
+    from accrete.flows.flows import manual_run, nightly
 
-    result = nightly(data=str(args.data), store=str(args.store),
-                     date=args.date.isoformat() if args.date else None, force=args.force, config_path=args.config)
+    with manual_run():
+        result = nightly(data=str(args.data), store=str(args.store),
+                         date=args.date.isoformat() if args.date else None, force=args.force, config_path=args.config)
     _print(result, args.json)
     _warn("nightly", result)
 
@@ -274,10 +276,11 @@ def cmd_backfill(args: argparse.Namespace) -> None:
     _check_partitions(args, start=args.start, end=args.end)
     _start_prefect_api("backfill")
     _hand_over(args)
-    from accrete.flows.flows import backfill
+    from accrete.flows.flows import backfill, manual_run
 
-    result = backfill(data=str(args.data), store=str(args.store), start=args.start.isoformat(),
-                      end=args.end.isoformat(), config_path=args.config, progress_bar=not args.json)
+    with manual_run():
+        result = backfill(data=str(args.data), store=str(args.store), start=args.start.isoformat(),
+                          end=args.end.isoformat(), config_path=args.config, progress_bar=not args.json)
     _print(result, args.json)
     _warn("backfill", result)
 
