@@ -2,13 +2,16 @@
 
 Heavy imports (TensorFlow, Prefect) happen inside the commands that need them, so `accrete --help`,
 `status` and `export` stay fast. The commands that run flows (`retrain`, `nightly`, `backfill`) first
-check what they can without Prefect (the configuration file, the data directory and its partitions,
-the store), so a mistake is reported in about a second rather than after the temporary Prefect API
-has started (5 to 20 s).
+check what they can without Prefect (the configuration file, the data directory, the partitions the run
+will read, the store), so a mistake is reported in about a second, before Prefect is imported. Their
+flow runs go to the local Prefect server the CLI keeps running between runs (`flows/local_server.py`,
+`accrete server status|stop`), or to the user's PREFECT_API_URL.
 
-Exit codes: 0 done; 2 a user's mistake (an `AccreteError`: one line on stderr naming the file, date or
-setting); 1 the run could not happen or failed otherwise: no Prefect API (the temporary one did not
-start: one line on stderr saying what to do), or a bug (its traceback).
+Exit codes (the README's table): 0 done; 2 a user's mistake (an `AccreteError`: one line on stderr naming
+the file, date or setting; nothing was published); 3 the step or retrain WAS published, then something
+after it failed (the dashboard, a summary): do not run it again as if it had not happened; 1 the run
+could not happen or failed otherwise: no Prefect API (one line saying what to do), or a bug (its
+traceback); 128 + N stopped by signal N (130 Ctrl-C, 143 SIGTERM); 141 stdout was closed early (`| head`).
 """
 from __future__ import annotations
 
@@ -119,7 +122,15 @@ def _check_data(args: argparse.Namespace) -> list[dt.date]:
     from accrete.pipeline import contract
 
     _config(args)
+    _check_store_path(args)
     return contract.list_partitions(args.data)
+
+
+def _check_store_path(args: argparse.Namespace) -> None:
+    if args.store.exists() and not args.store.is_dir():
+        from accrete.pipeline.errors import StoreError
+
+        raise StoreError(f"{args.store}: not a directory (a store is a directory; is this the right path?)")
 
 
 def _require_store(args: argparse.Namespace) -> None:
@@ -128,7 +139,46 @@ def _require_store(args: argparse.Namespace) -> None:
     from accrete.pipeline.store import Store
 
     store = Store(args.store)
-    store.verify_files(store.require_current())
+    current = store.require_current()
+    if not _handed_over():
+        store.verify_files(current)
+
+
+def _check_partitions(args: argparse.Namespace, **run: Any) -> None:
+    """The partitions the run will read first are read and validated now (`policy.partitions_to_read`):
+    a corrupt or misdated partition is one line before Prefect is imported, like an argument error."""
+    from accrete.pipeline.policy import check_partitions, partitions_to_read
+
+    if not _handed_over():  # the CLI that handed this run over checked them a moment ago
+        check_partitions(args.data, partitions_to_read(args.data, args.store, **run))
+
+
+def _handed_over() -> bool:
+    """Whether this process is a warm runner's child running a CLI's checked run (`flows/warm_runner.py`)."""
+    from accrete.flows.warm_runner import CHECKED_ENV
+
+    return os.environ.get(CHECKED_ENV) == "1"
+
+
+class _Finished(Exception):
+    """The run was handed to the warm runner and ended there with this exit code."""
+
+    def __init__(self, code: int):
+        super().__init__(code)
+        self.code = code
+
+
+def _hand_over(args: argparse.Namespace) -> None:
+    """Run this command in a child of the warm runner (Prefect and the pipeline already imported) when one
+    matches this CLI; raises `_Finished` with its exit code. Returns when the run is to happen here."""
+    from accrete.flows import warm_runner
+    from accrete.flows.local_server import prefect_home
+
+    if _handed_over():
+        return
+    code = warm_runner.run(prefect_home(), args.argv)
+    if code is not None:
+        raise _Finished(code)
 
 
 def _warn(command: str, result: dict[str, Any]) -> None:
@@ -137,11 +187,12 @@ def _warn(command: str, result: dict[str, Any]) -> None:
         print(f"accrete {command}: warning: {warning}", file=sys.stderr)
 
 
-def _nothing_to_do(args: argparse.Namespace, start: dt.date | None = None, end: dt.date | None = None) -> bool:
+def _nothing_to_do(args: argparse.Namespace, start: dt.date | None = None, end: dt.date | None = None,
+                   date: dt.date | None = None) -> bool:
     """Say so in one line (on stdout, or as JSON) and start nothing when the run would change nothing."""
     from accrete.pipeline.policy import nothing_to_do
 
-    message = nothing_to_do(args.data, args.store, start, end)
+    message = nothing_to_do(args.data, args.store, start, end, date)
     if message is None:
         return False
     _print({"changed": False, "version": _current_version(args), "message": message} if args.json else message,
@@ -155,10 +206,16 @@ def _current_version(args: argparse.Namespace) -> int:
     return Store(args.store).require_current()
 
 
-def _start_prefect_api() -> None:
-    from accrete.flows.flows import start_prefect_api
+def _start_prefect_api(command: str) -> None:
+    """Point Prefect at the user's PREFECT_API_URL or the local server (started on first use, then reused),
+    before Prefect is imported. The first start says where the server and its UI are, on stderr."""
+    from accrete.flows.local_server import ServerRecord, use_prefect_api
 
-    start_prefect_api()
+    def started(record: ServerRecord) -> None:
+        print(f"accrete {command}: started a local Prefect server for this and later runs: "
+              f"{record.url.removesuffix('/api')} (pid {record.pid}; `accrete server stop` stops it)", file=sys.stderr)
+
+    use_prefect_api(on_start=started)
 
 
 def cmd_retrain(args: argparse.Namespace) -> None:
@@ -169,13 +226,16 @@ def cmd_retrain(args: argparse.Namespace) -> None:
         raise PartitionOrderError(f"{args.data}: no partition on or before {args.as_of}")
     store = Store(args.store)
     current = store.current_version()  # an empty or new store is bootstrapped; a damaged one is an error
-    if current is not None:
+    if current is not None and not _handed_over():
         store.verify_files(current)
-    _start_prefect_api()
-    from accrete.flows.flows import full_retrain
+    _check_partitions(args, as_of=args.as_of)
+    _start_prefect_api("retrain")
+    _hand_over(args)
+    from accrete.flows.flows import full_retrain, manual_run
 
-    result = full_retrain(data=str(args.data), store=str(args.store), as_of=args.as_of.isoformat(),
-                          window_days=args.window_days, config_path=args.config)
+    with manual_run():
+        result = full_retrain(data=str(args.data), store=str(args.store), as_of=args.as_of.isoformat(),
+                              window_days=args.window_days, config_path=args.config)
     _print(result, args.json)
 
 
@@ -187,13 +247,17 @@ def cmd_nightly(args: argparse.Namespace) -> None:
     if args.date and args.date not in partitions:
         raise PartitionOrderError(f"{args.data}: no partition for {args.date} (interactions/, users/ or items/ "
                                   f"date={args.date})")
-    if not args.date and not args.force and _nothing_to_do(args):
+    if not args.force and _nothing_to_do(args, date=args.date):
         return
-    _start_prefect_api()
-    from accrete.flows.flows import nightly
+    if not args.force:  # --force redoes a consumed partition, checked when it was applied
+        _check_partitions(args, date=args.date)
+    _start_prefect_api("nightly")
+    _hand_over(args)
+    from accrete.flows.flows import manual_run, nightly
 
-    result = nightly(data=str(args.data), store=str(args.store),
-                     date=args.date.isoformat() if args.date else None, force=args.force, config_path=args.config)
+    with manual_run():
+        result = nightly(data=str(args.data), store=str(args.store),
+                         date=args.date.isoformat() if args.date else None, force=args.force, config_path=args.config)
     _print(result, args.json)
     _warn("nightly", result)
 
@@ -210,11 +274,14 @@ def cmd_backfill(args: argparse.Namespace) -> None:
         raise PartitionOrderError(f"{args.data}: no partition from {args.start} to {args.end} (partitions: {span})")
     if _nothing_to_do(args, args.start, args.end):
         return
-    _start_prefect_api()
-    from accrete.flows.flows import backfill
+    _check_partitions(args, start=args.start, end=args.end)
+    _start_prefect_api("backfill")
+    _hand_over(args)
+    from accrete.flows.flows import backfill, manual_run
 
-    result = backfill(data=str(args.data), store=str(args.store), start=args.start.isoformat(),
-                      end=args.end.isoformat(), config_path=args.config, progress_bar=not args.json)
+    with manual_run():
+        result = backfill(data=str(args.data), store=str(args.store), start=args.start.isoformat(),
+                          end=args.end.isoformat(), config_path=args.config, progress_bar=not args.json)
     _print(result, args.json)
     _warn("backfill", result)
 
@@ -327,9 +394,45 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
+    _start_prefect_api("demo")
     from accrete.flows.demo import run_demo
 
     run_demo(Path(args.workdir), days=args.days, shift_day=args.shift_day, seed=args.seed)
+
+
+def cmd_server(args: argparse.Namespace) -> None:
+    """`accrete server start|stop|status`: the local Prefect server the flow commands keep running."""
+    from accrete.flows import local_server
+
+    home = local_server.prefect_home()
+    configured = local_server.configured_api_url()
+    if args.action == "start":
+        if configured:
+            raise AccreteError(f"PREFECT_API_URL is set ({configured}): runs go to that server, accrete starts none")
+        started = local_server.ensure_server(home)
+        payload = {"running": True, "url": started.url, "ui": started.url.removesuffix("/api"), "pid": started.pid,
+                   "log": started.log, "prefect_home": str(home)}
+    elif args.action == "stop":
+        stopped = local_server.stop_server(home)
+        payload = {"running": False, "stopped": stopped is not None, "prefect_home": str(home),
+                   "message": f"stopped the local Prefect server (pid {stopped.pid})" if stopped
+                   else "no local Prefect server was running"}
+    else:
+        record = local_server.running_server(home)
+        payload = {"running": record is not None, "prefect_home": str(home), "configured_api_url": configured}
+        if record is not None:
+            payload.update(url=record.url, ui=record.url.removesuffix("/api"), pid=record.pid, log=record.log,
+                           started=record.started)
+    if args.json:
+        _print(payload, True)
+    elif args.action == "stop":
+        print(payload["message"])
+    elif payload["running"]:
+        print(f"local Prefect server running: UI {payload['ui']}, API {payload['url']} (pid {payload['pid']}, "
+              f"log {payload['log']})")
+    else:
+        print(f"no local Prefect server running (PREFECT_HOME {home}); the next nightly, backfill or retrain "
+              f"starts one" + (f"; runs go to PREFECT_API_URL={configured}" if configured else ""))
 
 
 # ----- parser --------------------------------------------------------------------------------------
@@ -477,6 +580,11 @@ def build_parser() -> argparse.ArgumentParser:
                 data=True, store=True, config=True)
     p.add_argument("--cron", default="0 2 * * *")
     p.add_argument("--timezone", default="UTC")
+
+    p = command("server", cmd_server, "The local Prefect server that nightly, backfill and retrain runs are recorded "
+                                      "on (started by the first run, reused by later ones; ignored when "
+                                      "PREFECT_API_URL is set).")
+    p.add_argument("action", choices=["start", "stop", "status"])
     return parser
 
 
@@ -511,6 +619,7 @@ def main(argv: list[str] | None = None) -> int:
     import signal
 
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if _in_main_thread():
         signal.signal(signal.SIGTERM, _raise_terminated)
     # Prefect's per-run log would bury the one-line result, and its task/flow ERROR lines would repeat a
@@ -519,24 +628,48 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     try:
         args.handler(args)
+        sys.stdout.flush()
+    except _Finished as finished:
+        return finished.code  # a reader that went away is seen here, not as a traceback at exit
+    except BrokenPipeError:
+        # `accrete status | head -5`: the reader has what it wanted; say nothing, like any Unix filter.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13  # as if killed by SIGPIPE
     except AccreteError as exc:
         print(f"accrete {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except RuntimeError as exc:
-        flows_module = sys.modules.get("accrete.flows.flows")  # loaded (with Prefect) only by the commands that need it
-        if flows_module is None or not isinstance(exc, flows_module.PrefectAPIUnavailable):
+        code = _runtime_exit_code(exc)
+        if code is None:
             signal_name = _signal_behind(exc)
             if signal_name is None:
                 raise
             return _interrupted(args.command, args, signal_name)
         print(f"accrete {args.command}: error: {_one_line(exc)}", file=sys.stderr)
-        return 1
+        return code
     except BaseException as exc:  # Terminated, Ctrl-C, Prefect's TerminationSignal, or an error raised over one
         signal_name = _signal_behind(exc)
         if signal_name is None:
             raise
         return _interrupted(args.command, args, signal_name)
     return 0
+
+
+#: The step or retrain was published, then something after it failed (see the module docstring).
+EXIT_PUBLISHED_THEN_FAILED = 3
+
+
+def _runtime_exit_code(exc: RuntimeError) -> int | None:
+    """The exit code of the RuntimeErrors that are no bug: 1 for no Prefect API, 3 for a failure after a
+    publish; None for anything else."""
+    from accrete.flows.local_server import PrefectAPIUnavailable
+
+    if isinstance(exc, PrefectAPIUnavailable):
+        return 1
+    flows_module = sys.modules.get("accrete.flows.flows")  # loaded (with Prefect) only by the commands that need it
+    if flows_module is not None and isinstance(exc, flows_module.PublishedThenFailed):
+        return EXIT_PUBLISHED_THEN_FAILED
+    return None
 
 
 def _signal_behind(exc: BaseException) -> str | None:

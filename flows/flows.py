@@ -16,8 +16,14 @@ included. Called directly (as the CLI does), a flow re-raises the exception its 
 `pipeline.errors.AccreteError` reaches the caller as itself. Prefect's engine logs such a user error
 as one line, without its traceback (see `_UserErrorTracebackFilter`).
 
-A direct call without PREFECT_API_URL runs on a temporary local Prefect API that Prefect starts on
-first use; `start_prefect_api` starts it beforehand with a generous time limit and one retry, so a
+Once a run has published its version, a later failure (the dashboard on a full disk, a damaged old
+manifest read for the summary, a drift-triggered retrain) is raised as `PublishedThenFailed`, whose
+message says the version WAS published: the CLI exits 3 with it, so a scheduler that retries a user's
+mistake (exit 2) does not apply the next partition believing this one failed.
+
+The CLI points Prefect at the local server it keeps (`flows/local_server.py`) before importing this
+module. A direct call without PREFECT_API_URL runs on a temporary local Prefect API that Prefect starts
+on first use; `start_prefect_api` starts it beforehand with a generous time limit and one retry, so a
 busy machine ends in `PrefectAPIUnavailable` (one clear line on the CLI) rather than a traceback.
 """
 from __future__ import annotations
@@ -39,6 +45,7 @@ from accrete.pipeline import contract
 from accrete.pipeline.config import AccreteConfig
 from accrete.pipeline.errors import AccreteError
 from accrete.pipeline.evaluation import HEADLINE_METRICS
+from accrete.flows.local_server import PrefectAPIUnavailable  # noqa: F401  (raised here, caught by the CLI)
 from accrete.pipeline.manifest import Manifest
 from accrete.pipeline.incremental import StepResult, run_incremental_step, sync_drift_history
 from accrete.pipeline.policy import applied_partitions as policy_applied, missing_period_warning, owed_retrain, \
@@ -59,9 +66,29 @@ DASHBOARD_FILE = "dashboard.html"
 EPHEMERAL_STARTUP_SECONDS = 120
 
 
-class PrefectAPIUnavailable(RuntimeError):
-    """No Prefect API to run flows on: the temporary local one did not start (twice), or it is disabled and
-    PREFECT_API_URL is not set. Not a bug and not a mistake in the user's data: the message says what to do."""
+class PublishedThenFailed(RuntimeError):
+    """A run published its version (CURRENT points at it), then a later part of the run failed. Not a user's
+    mistake about the input (that is exit 2, nothing published) and not to be retried as if nothing had
+    been applied: the CLI exits 3. `version` is the published version."""
+
+    def __init__(self, message: str, version: int):
+        super().__init__(message)
+        self.version = version
+
+
+@contextlib.contextmanager
+def _after_publish(what: str, version: int, store: str):
+    """Turn a failure after `what` was published as `version` into `PublishedThenFailed` saying so."""
+    try:
+        yield
+    except PublishedThenFailed:
+        raise
+    except Exception as exc:
+        message = " ".join(f"{type(exc).__name__}: {exc}".split())
+        raise PublishedThenFailed(
+            f"{what} WAS published as version {version} (CURRENT), then this failed: {message}; do not apply it "
+            f"again: fix the cause, then `accrete dashboard --store {store}` rebuilds the dashboard",
+            version) from exc
 
 
 def ephemeral_startup_seconds() -> int:
@@ -87,12 +114,13 @@ def start_prefect_api() -> str:
     Raises:
         PrefectAPIUnavailable: naming the remedy (a real server and PREFECT_API_URL).
     """
-    from prefect.server.api.server import SubprocessASGIServer
     from prefect.settings import get_current_settings
 
     settings = get_current_settings()
     if settings.api.url:
         return settings.api.url
+    from prefect.server.api.server import SubprocessASGIServer  # 1.5-2 s to import: only when it is needed
+
     remedy = "start one with `prefect server start` and set PREFECT_API_URL=http://127.0.0.1:4200/api"
     if not settings.server.ephemeral.enabled:
         raise PrefectAPIUnavailable(f"no Prefect API: PREFECT_API_URL is not set and the temporary server is "
@@ -110,6 +138,20 @@ def start_prefect_api() -> str:
     raise PrefectAPIUnavailable(f"the temporary Prefect API did not start within {timeout} s, twice (the machine "
                                 f"may be busy); {remedy}, or allow more time with "
                                 f"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS") from failure
+
+
+@contextlib.contextmanager
+def manual_run():
+    """Settings of a run started by hand (the CLI): no flow-run heartbeats.
+
+    Prefect's heartbeat thread sleeps in one-second steps and is joined when a flow run ends, so every
+    flow run, subflows included, waits up to a second at its end (a trivial flow: 1.3 s with it, 0.3 s
+    without). Heartbeats only feed the zombie-run automations a user may set up for deployments; served
+    runs (`accrete serve`) keep them."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
 
 
 class _UserErrorTracebackFilter(logging.Filter):
@@ -436,9 +478,10 @@ def full_retrain(data: str | Path = "data", store: str | Path = "store", as_of: 
     if as_of is None:
         as_of = max(applied_partitions(store))
     summary = full_retrain_step(data, store, as_of, window_days, reason, config_path)
-    report_full_retrain(summary)
-    if dashboard:
-        summary["dashboard"] = publish_dashboard(store)
+    with _after_publish(f"the full retrain as of {as_of}", summary["version"], store):
+        report_full_retrain(summary)
+        if dashboard:
+            summary["dashboard"] = publish_dashboard(store)
     return summary
 
 
@@ -458,11 +501,20 @@ def _nightly_step(data: str, store: str, date: str | None, force: bool, config_p
         retrains.append(full_retrain(data=data, store=store, as_of=owed["date"],
                                      reason=retrain_reason(owed["reasons"]), config_path=config_path, dashboard=False))
     step = incremental_step(data, store, date, force, config_path)
-    previous = previous_metrics(store, step["version"]) if step["kind"] == "incremental" else {}
-    if step["retrain_due"]:
-        logger.info("drift decision after %s: retrain (%s)", step["date"], "; ".join(step["reasons"]))
-        retrains.append(full_retrain(data=data, store=store, as_of=step["date"],
-                                     reason=retrain_reason(step["reasons"]), config_path=config_path, dashboard=False))
+    if step["kind"] != "incremental":
+        return _nightly_summary(step, {}, retrains)
+    with _after_publish(f"partition {step['date']}", step["version"], store):
+        previous = previous_metrics(store, step["version"])
+        if step["retrain_due"]:
+            logger.info("drift decision after %s: retrain (%s)", step["date"], "; ".join(step["reasons"]))
+            retrains.append(full_retrain(data=data, store=store, as_of=step["date"],
+                                         reason=retrain_reason(step["reasons"]), config_path=config_path,
+                                         dashboard=False))
+        return _nightly_summary(step, previous, retrains)
+
+
+def _nightly_summary(step: dict[str, Any], previous: dict[str, Any], retrains: list[dict[str, Any]]) -> dict[str, Any]:
+    """The nightly's result, and its report artifacts."""
     version = retrains[-1]["version"] if retrains and retrains[-1]["version"] > step["version"] else step["version"]
     summary = {
         "date": step["date"], "kind": step["kind"], "version": version, "step_version": step["version"],
@@ -501,8 +553,10 @@ def nightly(data: str | Path = "data", store: str | Path = "store", date: str | 
     """
     data, store, config_path = _paths(data, store, config_path)
     summary = _nightly_step(data, store, date, force, config_path)
-    if dashboard:
-        summary["dashboard"] = publish_dashboard(store)
+    # A night that changed nothing (the partition was applied before) leaves the dashboard as it is.
+    if dashboard and (summary["kind"] == "incremental" or summary["retrained"]):
+        with _after_publish(f"partition {summary['date']}", summary["version"], store):
+            summary["dashboard"] = publish_dashboard(store)
     return summary
 
 
@@ -555,6 +609,8 @@ def backfill(start: str, end: str, data: str | Path = "data", store: str | Path 
                 result = _nightly_step(data, store, date, False, config_path)
             except Exception as exc:  # any failure stops the range; the report says where and why
                 failure, failed = exc, {"date": date, "error": f"{type(exc).__name__}: {exc}"}
+                if isinstance(exc, PublishedThenFailed):
+                    report["applied"].append(date)  # published before the failure: a rerun resumes after it
                 logger.error("backfill stopped at %s: %s; rerun to resume from there", date, failed["error"])
                 break
             (report["applied"] if result["kind"] == "incremental" else report["skipped"]).append(date)
@@ -566,10 +622,20 @@ def backfill(start: str, end: str, data: str | Path = "data", store: str | Path 
             bar.set_postfix(version=result["version"])
     report["skipped"].sort()
     report["version"] = Store(store).require_current()
-    report_backfill(report, start, end, failed)
-    report["dashboard"] = publish_dashboard(store)
+    after: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+    if report["applied"]:
+        after = _after_publish(f"{len(report['applied'])} partition(s) of the backfill (last {report['applied'][-1]})",
+                               report["version"], store)
+    try:
+        with after:
+            report_backfill(report, start, end, failed)
+            report["dashboard"] = publish_dashboard(store)
+    except PublishedThenFailed as exc:
+        failure = failure or exc
     if failure is not None and failed is not None:
-        failure.add_note(f"backfill stopped at {failed['date']} after applying {len(report['applied'])} partition(s); "
-                         f"run the same backfill again to resume there")
+        failure.add_note(f"backfill stopped at {failed['date']} after applying {len(report['applied'])} partition(s)"
+                         + ("; it was applied: run the same backfill again to resume after it"
+                            if isinstance(failure, PublishedThenFailed) else "; run the same backfill again to resume there"))
+    if failure is not None:
         raise failure
     return report

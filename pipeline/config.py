@@ -196,6 +196,38 @@ class DriftConfig:
     psi_floor: float = 1e-4
 
 
+def _is_number(value: Any, kind: str) -> bool:
+    # A TOML integer is a fine float (`epochs = 1.0` is not a fine int); `true` is neither, although
+    # Python's bool is an int.
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) if kind == "int" else isinstance(value, (int, float))
+
+
+def _check_type(source: str, section: str, key: str, value: Any, annotation: str) -> None:
+    """A setting's value has its field's type (the annotation's text: `int`, `float | None`,
+    `tuple[float, ...]`...), so a quoted number (`dim = "32"`) is one line naming the key, not a TypeError
+    deep inside a run."""
+    kind, _, optional = annotation.partition(" | ")
+    if value is None and optional == "None":
+        return
+    if kind.startswith("tuple["):
+        element = kind[len("tuple["):].split(",")[0]
+        ok = isinstance(value, (list, tuple)) and all(_is_number(item, element) for item in value)
+        expected = f"a list of {'integers' if element == 'int' else 'numbers'}"
+    elif kind in ("int", "float"):
+        ok = _is_number(value, kind)
+        expected = "an integer" if kind == "int" else "a number"
+    elif kind == "bool":
+        ok, expected = isinstance(value, bool), "true or false"
+    elif kind == "str":
+        ok, expected = isinstance(value, str), "a string"
+    else:  # a type this check does not know: the section's own validation applies
+        return
+    if not ok:
+        raise ConfigError(f"{source}: [{section}] {key} must be {expected}, not {value!r}")
+
+
 @dataclass(frozen=True)
 class AccreteConfig:
     data: DataConfig = field(default_factory=DataConfig)
@@ -226,11 +258,16 @@ class AccreteConfig:
         for name, values in raw.items():
             if name not in sections:
                 raise ConfigError(f"{source}: unknown section [{name}] (known: {', '.join(sections)})")
+            if not isinstance(values, dict):
+                raise ConfigError(f"{source}: [{name}] must be a table of settings, not {values!r}")
             section_cls: Any = sections[name].default_factory  # every section is a dataclass with a default
             known = {f.name for f in dataclasses.fields(section_cls)}
             unknown = set(values) - known
             if unknown:
                 raise ConfigError(f"{source}: unknown key(s) {sorted(unknown)} in [{name}]")
+            types = {f.name: str(f.type) for f in dataclasses.fields(section_cls)}
+            for key, value in values.items():
+                _check_type(source, name, key, value, types[key])
             for key in ("ks", "rating_edges", "recency_weight_candidates", "recency_half_life_candidates",
                         "profile_half_life_candidates"):
                 if values.get(key) is not None:

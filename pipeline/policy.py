@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from accrete.pipeline import contract
-from accrete.pipeline.decision import fired_reasons
 from accrete.pipeline.manifest import Manifest, reasons_list
 from accrete.pipeline.store import Store
 
@@ -18,6 +17,8 @@ from accrete.pipeline.store import Store
 def retrain_reason(reasons: str | list[str] | None) -> str:
     """A drift-triggered retrain's stated reason: what fired (triggers past patience, the age cap), without
     the decision's notes on what did not ("waiting:", "cooldown:"); all of them if nothing else is left."""
+    from accrete.pipeline.decision import fired_reasons  # with drift, scipy: 0.5 s the CLI's checks do not need
+
     listed = reasons_list(reasons)
     return "; ".join(fired_reasons(listed) or listed)
 
@@ -50,13 +51,19 @@ def pending_partitions(data_dir: str | Path, store_dir: str | Path) -> list[dt.d
 
 
 def nothing_to_do(data_dir: str | Path, store_dir: str | Path, start: dt.date | None = None,
-                  end: dt.date | None = None) -> str | None:
-    """Why a nightly run (no range) or a backfill over [start, end] would change nothing, as one line; None when
-    it has work: a pending partition in range, or a retrain owed by the current version."""
+                  end: dt.date | None = None, date: dt.date | None = None) -> str | None:
+    """Why a nightly run (no range, or the partition `date`) or a backfill over [start, end] would change
+    nothing, as one line; None when it has work: a pending partition in range, or a retrain owed by the
+    current version."""
     manifest = Store(store_dir).read_manifest()
     if _owed(manifest):
         return None
     applied = _applied(manifest)
+    if date is not None:
+        if date not in applied:
+            return None
+        return (f"nothing to do: partition {date} is already applied (version {manifest.version}); use --force "
+                f"to redo the latest step")
     available = contract.list_partitions(data_dir)
     if start is None or end is None:
         if any(d > applied[-1] for d in available):
@@ -104,3 +111,31 @@ def missing_period_warning(data_dir: str | Path, start: dt.date, end: dt.date, d
     return (f"{data_dir}: no partition for {len(missing)} {freq} period(s) in or just before {start} to {end}: "
             f"{listed}; their interactions are missing from the model (write a file with zero rows for a period "
             f"without data)")
+
+
+def partitions_to_read(data_dir: str | Path, store_dir: str | Path, date: dt.date | None = None,
+                       start: dt.date | None = None, end: dt.date | None = None,
+                       as_of: dt.date | None = None) -> list[dt.date]:
+    """The new partitions to check before anything starts: a nightly's (`date`, or the oldest pending one), a
+    backfill's first pending one in [start, end] (a later bad one stops the backfill there, resumably), a
+    retrain's newest unconsumed one up to `as_of` (the data that just arrived; on an empty store the older
+    ones are checked by the retrain itself, before it publishes anything: checking a thousand weekly
+    partitions twice would cost seconds). Consumed partitions were checked when they were applied."""
+    store = Store(store_dir)
+    applied = set(_applied(store.read_manifest())) if store.current_version() is not None else set()
+    available = [d for d in contract.list_partitions(data_dir) if d not in applied]
+    if as_of is not None:
+        return [d for d in available if d <= as_of][-1:]
+    if start is not None and end is not None:
+        return [d for d in available if start <= d <= end][:1]
+    if date is not None:
+        return [date] if date in available else []
+    last = max(applied) if applied else None
+    return [d for d in available if last is None or d > last][:1]
+
+
+def check_partitions(data_dir: str | Path, dates: list[dt.date]) -> None:
+    """Read and validate each partition as a run would (`contract.read_partition`: files, columns, types,
+    a future date), discarding the result: a data error is raised here, before Prefect starts."""
+    for date in dates:
+        contract.read_partition(data_dir, date)

@@ -30,6 +30,7 @@ import datetime as dt
 import fcntl
 import hashlib
 import json
+import math
 import os
 import shutil
 import socket
@@ -479,30 +480,32 @@ class Store:
         `_breaker_guard`) and only after re-reading the lock there, so two runs that both find a
         stale lock cannot both clear it, nor can one clear the fresh lock the other just took.
         """
-        self.root.mkdir(parents=True, exist_ok=True)
         path = self.root / LOCK
         record = {"pid": os.getpid(), "host": socket.gethostname(), "start": _process_start(os.getpid()),
                   "since": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "command": command}
-        for _ in range(3):
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                with _breaker_guard(self.root):
-                    seen = _observe_lock(path)
-                    if seen is None:
-                        continue  # released in the meantime: try again
-                    if _lock_is_stale(seen):
-                        with contextlib.suppress(FileNotFoundError):
-                            path.unlink()
-                        continue
-                holder = seen.holder
-                raise StoreError(
-                    f"{self.root}: locked by another run (pid {holder.get('pid')} on {holder.get('host')}, "
-                    f"since {holder.get('since')}: {holder.get('command')}); wait for it to finish"
-                ) from None
-            break
-        else:
-            raise StoreError(f"{path}: could not take the store lock (it keeps changing hands); try again")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            for _ in range(3):
+                try:
+                    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                except FileExistsError:
+                    with _breaker_guard(self.root):
+                        seen = _observe_lock(path)
+                        if seen is None:
+                            continue  # released in the meantime: try again
+                        if _lock_is_stale(seen):
+                            with contextlib.suppress(FileNotFoundError):
+                                path.unlink()
+                            continue
+                    raise StoreError(_held_message(self.root, path, seen)) from None
+                break
+            else:
+                raise StoreError(f"{path}: could not take the store lock (it keeps changing hands); try again")
+        except (FileExistsError, NotADirectoryError):
+            raise StoreError(f"{self.root}: not a directory (a store is a directory; is this the right path?)") from None
+        except OSError as exc:  # a read-only file system or directory, a full disk: nothing was written
+            raise StoreError(f"{path}: cannot take the store lock: {exc.strerror or exc} (is the store "
+                             f"read-only?)") from None
         ours = _file_identity(os.fstat(fd))
         try:
             _write_lock_record(fd, record)
@@ -816,6 +819,20 @@ def _observe_lock(path: Path) -> _SeenLock | None:
     except (UnicodeDecodeError, json.JSONDecodeError):
         holder = {}
     return _SeenLock(holder if isinstance(holder, dict) else {}, age)
+
+
+def _held_message(root: Path, path: Path, seen: _SeenLock) -> str:
+    """Why the lock cannot be taken, in one line: who holds it, or, when its record cannot be read (a run
+    between creating and writing it, or a damaged file), what happens to it and what the user can do."""
+    holder = seen.holder
+    if isinstance(holder.get("pid"), int) and not isinstance(holder.get("pid"), bool):
+        return (f"{root}: locked by another run (pid {holder['pid']} on {holder.get('host', 'an unknown host')}, "
+                f"since {holder.get('since', 'an unknown time')}: {holder.get('command', 'unknown command')}); "
+                f"wait for it to finish")
+    wait = max(0, math.ceil(UNREADABLE_LOCK_GRACE_SECONDS - seen.age_seconds))
+    return (f"{path}: locked by another run, but the lock names no process (unreadable or damaged, "
+            f"{seen.age_seconds:.0f} s old); "
+            f"a run may be starting: if none is, it is cleared in {wait} s, or delete {path}")
 
 
 def _process_start(pid: int) -> str | None:

@@ -13,10 +13,14 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
-PREFECT_HOME = Path(tempfile.mkdtemp(prefix="accrete-test-prefect-home-"))
+# Once per session, even if a test module imports this file a second time under another name
+# (`tests.flows.conftest`): a second home would leave the first one's server without its finalizer.
+PREFECT_HOME = Path(os.environ.get("ACCRETE_TEST_PREFECT_HOME") or tempfile.mkdtemp(prefix="accrete-test-prefect-home-"))
+os.environ["ACCRETE_TEST_PREFECT_HOME"] = str(PREFECT_HOME)
 os.environ["PREFECT_HOME"] = str(PREFECT_HOME)
 os.environ.pop("PREFECT_API_URL", None)
 os.environ.pop("PREFECT_PROFILE", None)
@@ -44,8 +48,26 @@ WORLD_SIZE = dict(initial_users=300, initial_items=200, new_users_per_day=10, ne
 
 @pytest.fixture(scope="session", autouse=True)
 def _remove_prefect_home():
+    """At the end of the session: stop the local Prefect server the CLI runs started in this session's home
+    (`flows/local_server.py`; CI must not leave one running), then remove the home."""
     yield
+    from accrete.flows.local_server import stop_server
+
+    stop_server(PREFECT_HOME)
     shutil.rmtree(PREFECT_HOME, ignore_errors=True)
+    os.environ.pop("ACCRETE_TEST_PREFECT_HOME", None)
+
+
+@pytest.fixture
+def fresh_prefect_home(tmp_path) -> Iterator[Path]:
+    """A Prefect home of this test only, with no server yet; any local server started in it is stopped
+    afterwards."""
+    from accrete.flows.local_server import stop_server
+
+    home = tmp_path / "prefect-home"
+    home.mkdir()
+    yield home
+    stop_server(home)
 
 
 @pytest.fixture(scope="session")

@@ -232,3 +232,28 @@ def test_user_errors_reach_the_caller_as_themselves_not_as_prefect_wrappers(worl
     (store / "CURRENT").write_text("garbage\n")
     with pytest.raises(StoreError, match="damaged pointer"):
         nightly(data=str(world), store=str(store), config_path=config_path)
+
+
+def test_a_nightly_that_applies_nothing_leaves_the_dashboard_and_a_failure_after_publish_says_so(
+        world, make_store, config_path):
+    """A nightly whose partition was applied before (called directly, as a deployment run would) skips the step
+    and does not rewrite dashboard.html. A failure after the publish (the dashboard cannot be written) is
+    `PublishedThenFailed` naming the published version, and the run ends Failed."""
+    from accrete.flows.flows import PublishedThenFailed
+
+    dates = list_partitions(world)
+    store = make_store(world)
+    nightly(data=str(world), store=str(store), config_path=config_path)
+    dashboard = store / "dashboard.html"
+    before = (dashboard.read_bytes(), dashboard.stat().st_mtime_ns)
+    skipped = nightly(data=str(world), store=str(store), date=dates[1].isoformat(), config_path=config_path)
+    assert skipped["kind"] == "skipped" and "dashboard" not in skipped
+    assert (dashboard.read_bytes(), dashboard.stat().st_mtime_ns) == before
+
+    dashboard.unlink()
+    dashboard.mkdir()
+    state = nightly(data=str(world), store=str(store), config_path=config_path, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(PublishedThenFailed, match=f"partition {dates[2]} WAS published as version 3") as error:
+        state.result()
+    assert error.value.version == 3 == Store(store).current_version()

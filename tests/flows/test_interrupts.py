@@ -4,15 +4,17 @@ SIGTERM and SIGINT: the run stops cleanly (one line, exit 128 + signal, lock rel
 version, the temporary Prefect API stopped with it). SIGKILL at random moments: the store verifies, and
 rerunning the same command gives the same versions (table checksums, lineage) as an uninterrupted run.
 
-Each run starts its own temporary Prefect API (~15-25 s here), so most kills are aimed at the pipeline
-part: the test polls for the store's LOCK and kills at a random moment of the time the reference run
-held it; every fourth trial is killed at a random moment before the lock (Prefect starting). The whole
-process group is killed, as a service manager kills a unit (the temporary API runs in a child).
+Runs share the local Prefect server the first one starts (flows/local_server.py, in its own session), so
+most kills are aimed at the pipeline part: the test polls for the store's LOCK and kills at a random moment
+of the time the reference run held it; every fourth trial is killed at a random moment before the lock
+(imports, checks, the flow run starting). The whole process group is killed, as a service manager kills a
+unit; the run's pipes must then close at once (`communicate` returns), whatever the server does.
 `ACCRETE_KILL_TRIALS` (default 20) sets the number of SIGKILL trials, e.g. 3 for a quick run;
 `ACCRETE_KILL_SEED` its random seed.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -29,7 +31,7 @@ from accrete.pipeline.contract import list_partitions
 from accrete.pipeline.retrain import run_full_retrain
 from accrete.pipeline.store import Store
 
-from tests.flows.conftest import REPO_ROOT
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 ACCRETE = Path(sys.executable).parent / "accrete"
 SNAPSHOT_PARTS = ("item_vectors", "item_bias", "item_vocab", "user_vectors", "user_vocab")
@@ -176,12 +178,21 @@ def test_sigterm_or_ctrl_c_during_a_run_stops_it_cleanly(name, signame, world, d
     assert _snapshot(store) == references[name]["snapshot"]
 
 
-def test_sigterm_while_the_temporary_prefect_api_starts_leaves_no_process_and_no_change(
-        world, dates, config_path, bootstrapped, cli_env, tmp_path):
+def test_sigterm_while_the_local_prefect_server_starts_leaves_no_process_and_no_change(
+        world, dates, config_path, bootstrapped, cli_env, tmp_path, fresh_prefect_home):
+    """The first run in a Prefect home starts the local server (flows/local_server.py): SIGTERM while it
+    waits for it stops the run cleanly. The server, detached in its own session, is no process of the run:
+    it keeps booting for the next run (and the fixture stops it)."""
+    from accrete.flows.local_server import STATE_FILE
+
     store = _fresh_store("nightly", bootstrapped, tmp_path)
     before = _snapshot(store)
-    proc = _spawn(_command("nightly", dates, world, store, config_path), cli_env)
-    time.sleep(4.0)  # past the checks, inside the Prefect start (which takes 15 s or more here)
+    proc = _spawn(_command("nightly", dates, world, store, config_path),
+                  {**cli_env, "PREFECT_HOME": str(fresh_prefect_home)})
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while not (fresh_prefect_home / STATE_FILE).exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert (fresh_prefect_home / STATE_FILE).exists(), proc.communicate()[1]
     assert not (store / "LOCK").exists() and proc.poll() is None
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=RUN_TIMEOUT)
@@ -208,8 +219,11 @@ def test_sigkill_at_random_moments_then_verify_and_a_rerun_give_the_uninterrupte
             assert _wait_for_lock(store, proc), proc.communicate()[1]
             time.sleep(rng.uniform(0.0, reference["held"]))
         finished = proc.poll() is not None
-        os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # a run that finished (a warm runner's are quick) is gone
+            os.killpg(proc.pid, signal.SIGKILL)
+        killed = time.monotonic()
         proc.communicate(timeout=60)  # reaped: a zombie would still look alive to the stale-lock check
+        assert time.monotonic() - killed < 10, "something outside the run held its stdout/stderr open"
         assert not _wait_gone(proc.pid)
         stale_lock = (store / "LOCK").exists()
         outcomes.append((name, "finished" if finished else "killed holding the lock" if stale_lock else "killed"))

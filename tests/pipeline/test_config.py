@@ -47,3 +47,29 @@ def test_replace_validates_and_round_trips_through_a_dict():
     assert AccreteConfig.from_dict({k: v for k, v in config.to_dict().items()}) == config
     with pytest.raises(ConfigError):
         AccreteConfig().replace(train={"batch_size": 0})
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[model]\ndim = "32"\n', r"\[model\] dim must be an integer, not '32'"),
+    ("[model]\ndim = 32.5\n", r"\[model\] dim must be an integer, not 32.5"),
+    ("[model]\ndim = true\n", r"\[model\] dim must be an integer, not True"),
+    ('[model]\nials_alpha = "10"\n', r"\[model\] ials_alpha must be a number, not '10'"),
+    ("[model]\nrecency_prior_learned = 1\n", r"\[model\] recency_prior_learned must be true or false, not 1"),
+    ("[model]\ninit = 3\n", r"\[model\] init must be a string, not 3"),
+    ('[eval]\nks = [10, "50"]\n', r"\[eval\] ks must be a list of integers"),
+    ("[drift]\nrating_edges = 3\n", r"\[drift\] rating_edges must be a list of numbers, not 3"),
+    ("model = 3\n", r"\[model\] must be a table of settings"),
+])
+def test_a_value_of_the_wrong_type_is_an_error_naming_the_setting(tmp_path, text, message):
+    path = tmp_path / "typed.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message) as error:
+        AccreteConfig.load(path)
+    assert str(path) in str(error.value)
+
+
+def test_an_integer_is_a_fine_float_and_lists_become_tuples(tmp_path):
+    path = tmp_path / "ok.toml"
+    path.write_text("[model]\nials_alpha = 4\nrecency_weight_candidates = [0, 1.5]\n")
+    config = AccreteConfig.load(path)
+    assert config.model.ials_alpha == 4 and config.model.recency_weight_candidates == (0, 1.5)

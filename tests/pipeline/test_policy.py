@@ -8,10 +8,11 @@ import pytest
 
 from accrete.pipeline import contract
 from accrete.pipeline.config import AccreteConfig
-from accrete.pipeline.errors import StoreError
+from accrete.pipeline.errors import DataContractError, StoreError
 from accrete.pipeline.incremental import run_incremental_step
-from accrete.pipeline.policy import (applied_partitions, missing_period_warning, missing_periods, nothing_to_do,
-                                     owed_retrain, pending_partitions, reasons_list, retrain_reason)
+from accrete.pipeline.policy import (applied_partitions, check_partitions, missing_period_warning, missing_periods,
+                                     nothing_to_do, owed_retrain, partitions_to_read, pending_partitions,
+                                     reasons_list, retrain_reason)
 from accrete.pipeline.retrain import run_full_retrain
 from accrete.pipeline.store import Store
 from accrete.pipeline.synthetic import generate_world
@@ -119,3 +120,32 @@ def test_missing_period_warning_reads_the_data_directory(world, tmp_path):
     assert warning is not None and "\n" not in warning
     assert warning.startswith(f"{data}: no partition for 1 day period(s) in or just before {dates[1]} to {dates[-1]}: "
                               f"{dates[2]};")
+
+
+def test_a_nightly_on_an_applied_date_has_nothing_to_do_unless_a_retrain_is_owed(world, tmp_path):
+    dates, store = contract.list_partitions(world), tmp_path / "store"
+    run_full_retrain(world, store, dates[0], config=DUE_NEXT_STEP)
+    assert nothing_to_do(world, store, date=dates[0]) == (
+        f"nothing to do: partition {dates[0]} is already applied (version 1); use --force to redo the latest step")
+    assert nothing_to_do(world, store, date=dates[1]) is None
+    run_incremental_step(world, store, dates[1], config=DUE_NEXT_STEP)  # asks for a retrain
+    assert nothing_to_do(world, store, date=dates[1]) is None
+
+
+def test_the_partitions_checked_before_a_run_are_the_ones_it_reads_first(world, tmp_path):
+    dates, store = contract.list_partitions(world), tmp_path / "store"
+    assert partitions_to_read(world, store, as_of=dates[2]) == [dates[2]]  # empty store: the newest up to as-of
+    run_full_retrain(world, store, dates[0], config=DUE_NEXT_STEP)
+    assert partitions_to_read(world, store) == [dates[1]]
+    assert partitions_to_read(world, store, date=dates[2]) == [dates[2]]
+    assert partitions_to_read(world, store, date=dates[0]) == []  # consumed: checked when it was applied
+    assert partitions_to_read(world, store, start=dates[0], end=dates[-1]) == [dates[1]]
+    assert partitions_to_read(world, store, as_of=dates[-1]) == [dates[-1]]
+    check_partitions(world, dates)
+
+    broken = tmp_path / "broken"
+    shutil.copytree(world, broken)
+    bad = broken / "interactions" / f"date={dates[1]}" / "part-0.parquet"
+    bad.write_bytes(b"")
+    with pytest.raises(DataContractError, match="unreadable Parquet file"):
+        check_partitions(broken, [dates[1]])

@@ -216,3 +216,62 @@ def test_a_run_releases_only_its_own_lock(tmp_path):
         (tmp_path / LOCK).unlink()
         _write_lock(tmp_path / LOCK, other)
     assert json.loads((tmp_path / LOCK).read_text()) == other
+
+
+def test_a_garbage_lock_names_no_made_up_holder_and_says_what_to_do(tmp_path):
+    store = Store(tmp_path / "store")
+    store.root.mkdir()
+    (store.root / LOCK).write_text("garbage, not JSON")
+    with pytest.raises(StoreError) as error:
+        with store.lock("test"):
+            pass
+    message = str(error.value)
+    assert "None" not in message, message
+    assert f"{store.root / LOCK}: locked by another run, but the lock names no process" in message
+    assert f"delete {store.root / LOCK}" in message and "cleared in" in message
+    assert (store.root / LOCK).read_text() == "garbage, not JSON"
+
+
+def test_a_store_path_that_is_a_file_is_one_store_error(tmp_path):
+    path = tmp_path / "store"
+    path.write_text("not a store")
+    with pytest.raises(StoreError, match=f"{path}: not a directory"):
+        with Store(path).lock("test"):
+            pass
+    assert path.read_text() == "not a store"
+
+
+@pytest.fixture
+def read_only_store(tmp_path):
+    """A store directory nobody can create files in, root included: `chattr +i` (immutable) when running
+    as root, where permission bits do not stop writes; mode 0o555 otherwise. Skipped when neither holds."""
+    import subprocess
+
+    root = tmp_path / "store"
+    root.mkdir()
+    immutable = os.geteuid() == 0
+    if immutable:
+        made = subprocess.run(["chattr", "+i", str(root)], capture_output=True)
+        if made.returncode != 0:
+            pytest.skip(f"running as root and cannot make a directory immutable: {made.stderr.decode().strip()}")
+    else:
+        root.chmod(0o555)
+    try:
+        try:
+            (root / "probe").touch()
+        except OSError:
+            yield root
+        else:
+            pytest.skip("the directory is still writable (file system ignores the attribute)")
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(root)], check=False)
+        else:
+            root.chmod(0o755)
+
+
+def test_a_read_only_store_is_one_store_error_naming_the_lock(read_only_store):
+    with pytest.raises(StoreError, match=r"LOCK: cannot take the store lock: .*\(is the store read-only\?\)"):
+        with Store(read_only_store).lock("test"):
+            pass
+    assert list(read_only_store.iterdir()) == []
