@@ -36,13 +36,16 @@ def gen_dates(gen_world) -> list[dt.date]:
 def two_generations(gen_world, gen_dates, tmp_path_factory) -> Path:
     """v1 retrain (generation 1), v2-v3 steps, v4 retrain as of the third day (generation 2), v5-v6 steps.
     Read-only: tests copy it."""
-    store = tmp_path_factory.mktemp("two-generations") / "store"
-    run_full_retrain(gen_world, store, gen_dates[0], config=IALS_SMALL)
-    run_incremental_step(gen_world, store, config=IALS_SMALL)
-    run_incremental_step(gen_world, store, config=IALS_SMALL)
-    run_full_retrain(gen_world, store, gen_dates[2], config=IALS_SMALL)
-    run_incremental_step(gen_world, store, config=IALS_SMALL)
-    run_incremental_step(gen_world, store, config=IALS_SMALL)
+    return build_two_generations(gen_world, tmp_path_factory.mktemp("two-generations") / "store", IALS_SMALL)
+
+
+def build_two_generations(world: Path, store: Path, config: AccreteConfig) -> Path:
+    """v1 retrain as of the first day, two steps, v4 retrain as of the third day, two steps."""
+    dates = contract.list_partitions(world)
+    for as_of in (dates[0], dates[2]):
+        run_full_retrain(world, store, as_of, config=config)
+        run_incremental_step(world, store, config=config)
+        run_incremental_step(world, store, config=config)
     return store
 
 

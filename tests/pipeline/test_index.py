@@ -10,12 +10,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from accrete.pipeline import contract, evaluation, recommend, scoring, two_stage
+from accrete.pipeline import evaluation, recommend, scoring, two_stage
 from accrete.pipeline import index as item_index
 from accrete.pipeline.config import AccreteConfig
+from tests.pipeline.conftest import build_two_generations
 from accrete.pipeline.exports import export_delta, read_export
-from accrete.pipeline.incremental import run_incremental_step
-from accrete.pipeline.retrain import run_full_retrain
 from accrete.pipeline.store import Store
 
 #: A fixed time-aware term (weight 5), so that every night changes the term of the items with interactions.
@@ -27,15 +26,7 @@ WITH_TERM = AccreteConfig().replace(model={"dim": 8, "recency_weight_candidates"
 def two_generations(gen_world, tmp_path_factory) -> Path:
     """v1 retrain (generation 1), v2-v3 steps, v4 retrain as of the third day (generation 2), v5-v6 steps, with
     the time-aware term on. Read-only: tests copy it."""
-    dates = contract.list_partitions(gen_world)
-    store = tmp_path_factory.mktemp("two-generations-term") / "store"
-    run_full_retrain(gen_world, store, dates[0], config=WITH_TERM)
-    run_incremental_step(gen_world, store, config=WITH_TERM)
-    run_incremental_step(gen_world, store, config=WITH_TERM)
-    run_full_retrain(gen_world, store, dates[2], config=WITH_TERM)
-    run_incremental_step(gen_world, store, config=WITH_TERM)
-    run_incremental_step(gen_world, store, config=WITH_TERM)
-    return store
+    return build_two_generations(gen_world, tmp_path_factory.mktemp("two-generations-term") / "store", WITH_TERM)
 
 
 @pytest.fixture
