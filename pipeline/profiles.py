@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 
 from accrete.pipeline import scoring
 from accrete.pipeline.recency import log_weights
@@ -66,8 +67,9 @@ def add_interactions(profiles: Profiles, users: np.ndarray, items: np.ndarray, t
     queries, log_norms, gram = profiles.queries.copy(), profiles.log_norms.copy(), profiles.gram.copy()
     if len(touched) == 0:
         return Profiles(queries, log_norms, gram), touched
-    keys = scoring.item_keys(np.asarray(item_vectors)[np.unique(items)], "cosine")
-    key_of = np.searchsorted(np.unique(items), items)
+    distinct_items = np.unique(items)
+    keys = scoring.item_keys(np.asarray(item_vectors)[distinct_items], "cosine").astype(np.float64)
+    key_of = np.searchsorted(distinct_items, items)
     local = np.searchsorted(touched, users)
     keep = users > 0
     exponent = log_weights(timestamps_s, anchor_s, half_life_days)
@@ -78,7 +80,9 @@ def add_interactions(profiles: Profiles, users: np.ndarray, items: np.ndarray, t
     peak = log_norms[touched].copy()
     np.maximum.at(peak, local, exponent)
     total = np.exp(log_norms[touched] - peak)[:, None] * queries[touched].astype(np.float64)
-    np.add.at(total, local, np.exp(exponent - peak[local])[:, None] * keys[key_of].astype(np.float64))
+    # The new terms as one sparse (users x items) product: memory follows the interactions, not interactions x d.
+    decayed = sp.csr_matrix((np.exp(exponent - peak[local]), (local, key_of)), shape=(len(touched), len(keys)))
+    total += decayed @ keys
     norms = np.linalg.norm(total, axis=1)
     has = norms > 0
     new_queries = np.zeros_like(total)
