@@ -140,7 +140,7 @@ class EvalConfig:
     young_periods: int = 2
     # A nightly step scores at most this many of the night's users (drawn at random, seeded by the date), so that
     # its evaluation costs the same on a busy night; None scores every user.
-    max_users: int | None = 5000
+    max_users: int | None = 1000
 
 
 @dataclass(frozen=True)
