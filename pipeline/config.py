@@ -47,6 +47,9 @@ class ModelConfig:
     ials_alpha: float = 10.0
     ials_l2: float = 10.0
     ials_iterations: int = 15
+    # iALS full fit: "binary" (a pair is observed or not) or "log_weight" (confidence 1 + log of the pair's total
+    # weight: quantities, repeats; data without a weight column is binary either way).
+    confidence: str = "binary"
     # iALS: the query side. "profile" (default): a user's query is the recency-weighted direction of the unit
     # vectors of the items they interacted with (pipeline/profiles.py), scored by cosine plus the time-aware
     # term; no user is solved, and a night touches only its own users' rows (docs/quality.md: measured best on
@@ -296,6 +299,7 @@ class AccreteConfig:
             (self.model.user_policy in USER_POLICIES, f"[model] user_policy must be one of {USER_POLICIES}"),
             (self.model.ials_alpha > 0 and self.model.ials_l2 > 0, "[model] ials_alpha and ials_l2 must be > 0"),
             (self.model.ials_iterations >= 1, "[model] ials_iterations must be >= 1"),
+            (self.model.confidence in ("binary", "log_weight"), "[model] confidence must be binary or log_weight"),
             (self.model.recency_half_life_days > 0, "[model] recency_half_life_days must be > 0"),
             (self.model.weight >= 0 and self.model.recency_prior >= 0,
              "[model] recency_weight and recency_prior must be >= 0"),

@@ -25,7 +25,7 @@ from accrete.pipeline.recency import add_interactions, add_vocabulary_arrivals, 
 from accrete.pipeline.reservoir import ReplayReservoir
 from accrete.pipeline.sgd import train_sgd
 from accrete.pipeline.store import ModelState, Store, _json_default, sha256_of_array
-from accrete.pipeline.tables import (empty_tokens, ids_of, interaction_arrays, interaction_rows_kept,
+from accrete.pipeline.tables import (empty_tokens, ids_of, interaction_arrays, interaction_rows_kept, interaction_weights,
                                      seed_for, tokens_table)
 from accrete.pipeline.vocabulary import Vocabulary
 
@@ -63,6 +63,13 @@ def _choose_recency(config: AccreteConfig, training_data: pa.Table, user_vocab: 
         item_created=item_created, weights=model.weight_candidates, half_lives=half_lives,
         min_users=model.recency_tune_min_users, prior=prior, dim=model.dim, alpha=model.ials_alpha, l2=model.ials_l2,
         iterations=model.ials_iterations, seed=seed, refold_active=model.user_policy == "refold_active")
+
+
+def confidence_weights(config: AccreteConfig, interactions: pa.Table, kept: np.ndarray) -> np.ndarray | None:
+    """The interaction weights the full fit's confidence reads (`model.confidence = "log_weight"`), or None (binary)."""
+    if config.model.confidence != "log_weight" or "weight" not in interactions.column_names:
+        return None
+    return interaction_weights(interactions)[kept]
 
 
 def run_full_retrain(data_dir: str | Path, store_dir: str | Path, as_of: dt.date, *,
@@ -126,7 +133,7 @@ def _full_retrain(config: AccreteConfig, data_dir: Path, store: Store, as_of: dt
                 quarantined.append(partition.quarantine)
         if date in train_dates:
             has_ratings |= partition.has_ratings
-            interactions.append(partition.interactions.select(["user_id", "item_id", "timestamp", "rating"]))
+            interactions.append(partition.interactions.select(["user_id", "item_id", "timestamp", "rating", "weight"]))
     timings["ingest"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -159,7 +166,8 @@ def _full_retrain(config: AccreteConfig, data_dir: Path, store: Store, as_of: dt
 
         started = time.perf_counter()
         state.user_vectors, state.item_vectors = ials.fit(
-            ials.interaction_matrix(users, items, (n_users, n_items)), dim=dim, alpha=config.model.ials_alpha,
+            ials.interaction_matrix(users, items, (n_users, n_items), confidence_weights(config, training_data, keep_rows)),
+            dim=dim, alpha=config.model.ials_alpha,
             l2=config.model.ials_l2, iterations=config.model.ials_iterations,
             seed=seed_for(config.model.seed, as_of, 4) % (2**31),
             on_iteration=lambda i, seconds: progress(f"iALS iteration {i}/{config.model.ials_iterations} ({seconds:.1f} s)"))

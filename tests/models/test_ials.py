@@ -56,3 +56,13 @@ def test_bad_settings_are_refused(fitted, alpha, l2):
     _, _, items = fitted
     with pytest.raises(ValueError, match="alpha|l2"):
         ials.solve(items, ials.interaction_matrix(np.array([0]), np.array([1]), (1, len(items))), alpha=alpha, l2=l2)
+
+
+def test_weighted_confidence_is_one_plus_the_log_of_a_pairs_total_weight():
+    from accrete.models.ials import interaction_matrix
+
+    matrix = interaction_matrix(np.array([0, 0, 1, 1]), np.array([1, 1, 0, 2]), (2, 3),
+                                np.array([2.0, 3.0, 1.0, 0.5], np.float32))
+    np.testing.assert_allclose(matrix.toarray(), [[0, 1 + np.log(5.0), 0], [1.0, 0, 1.0]], rtol=1e-6)
+    binary = interaction_matrix(np.array([0, 0, 1]), np.array([1, 1, 0]), (2, 3))
+    np.testing.assert_array_equal(binary.toarray(), [[0, 1, 0], [1, 0, 0]])
