@@ -2,12 +2,12 @@
 
 A version is a list of parts (its manifest's `parts`: name -> record). A part is one array (a table of
 vectors, a per-row scalar, a drift-reference array), one Arrow table (a vocabulary, the item tokens), one
-file (the replay reservoir, the quarantine) or the interactions of some partitions addressed by user row.
+file (the replay reservoir; the quarantine, kept in the version directory) or the interactions of some partitions addressed by user row.
 Its bytes live in segments: files under `STORE/segments/`, named by the SHA-256 of their bytes, never
 changed once written. A part record lists its segments in order:
 
 * array: a base (`.npy`) followed by patches (`.npz`: the rows that changed since the previous segment and
-  their new values, and the rows appended). A nightly step moves a few % of the user rows (scattered, so
+  their new values, and the rows appended). A nightly step moves the rows of the active users (scattered, so
   hashing fixed row blocks would copy nearly every block), the time-aware term of the items that had
   interactions, and appends rows: a patch holds exactly those rows. Unchanged parts reuse the parent's list.
 * table: a base (`.parquet`) followed by appended tails (vocabularies and item tokens only grow within a
