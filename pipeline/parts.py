@@ -301,8 +301,11 @@ def rows_of_users(table: pa.Table, user_rows: np.ndarray) -> np.ndarray:
         return np.zeros(0, np.int64)
     column = table["user_row"]
     users = (column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()).to_numpy()
-    starts = np.searchsorted(users, user_rows, side="left")
-    ends = np.searchsorted(users, user_rows, side="right")
+    # Needles of the column's own type: with mixed types numpy would convert (read) the whole column first.
+    limits = np.iinfo(users.dtype)
+    wanted = user_rows[(user_rows >= limits.min) & (user_rows <= limits.max)].astype(users.dtype)
+    starts = np.searchsorted(users, wanted, side="left")
+    ends = np.searchsorted(users, wanted, side="right")
     lengths = ends - starts
     total = int(lengths.sum())
     if total == 0:
