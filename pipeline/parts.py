@@ -207,6 +207,8 @@ def read_array(segments: Segments, record: PartRecord, where: str) -> np.ndarray
     """The array a part record holds: its base, then each patch applied in order."""
     keys = record["segments"]
     shape = tuple(record["shape"])
+    if not keys:
+        raise StoreError(f"{where}: lists no segment")
     try:
         base = np.load(segments.path(keys[0]), allow_pickle=False)
         if len(keys) == 1:
@@ -252,6 +254,8 @@ def write_table(segments: Segments, table: pa.Table, previous: tuple[PartRecord,
 
 
 def read_table(segments: Segments, record: PartRecord, where: str) -> pa.Table:
+    if not record["segments"]:
+        raise StoreError(f"{where}: lists no segment")
     try:
         tables = [pq.read_table(segments.path(key)) for key in record["segments"]]
     except (OSError, pa.ArrowInvalid) as exc:
