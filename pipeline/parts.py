@@ -2,12 +2,12 @@
 
 A version is a list of parts (its manifest's `parts`: name -> record). A part is one array (a table of
 vectors, a per-row scalar, a drift-reference array), one Arrow table (a vocabulary, the item tokens), one
-file (the replay reservoir, the quarantine) or the interactions of some partitions addressed by user row.
+file (the replay reservoir; the quarantine, kept in the version directory) or the interactions of some partitions addressed by user row.
 Its bytes live in segments: files under `STORE/segments/`, named by the SHA-256 of their bytes, never
 changed once written. A part record lists its segments in order:
 
 * array: a base (`.npy`) followed by patches (`.npz`: the rows that changed since the previous segment and
-  their new values, and the rows appended). A nightly step moves a few % of the user rows (scattered, so
+  their new values, and the rows appended). A nightly step moves the rows of the active users (scattered, so
   hashing fixed row blocks would copy nearly every block), the time-aware term of the items that had
   interactions, and appends rows: a patch holds exactly those rows. Unchanged parts reuse the parent's list.
 * table: a base (`.parquet`) followed by appended tails (vocabularies and item tokens only grow within a
@@ -207,6 +207,8 @@ def read_array(segments: Segments, record: PartRecord, where: str) -> np.ndarray
     """The array a part record holds: its base, then each patch applied in order."""
     keys = record["segments"]
     shape = tuple(record["shape"])
+    if not keys:
+        raise StoreError(f"{where}: lists no segment")
     try:
         base = np.load(segments.path(keys[0]), allow_pickle=False)
         if len(keys) == 1:
@@ -252,6 +254,8 @@ def write_table(segments: Segments, table: pa.Table, previous: tuple[PartRecord,
 
 
 def read_table(segments: Segments, record: PartRecord, where: str) -> pa.Table:
+    if not record["segments"]:
+        raise StoreError(f"{where}: lists no segment")
     try:
         tables = [pq.read_table(segments.path(key)) for key in record["segments"]]
     except (OSError, pa.ArrowInvalid) as exc:
@@ -301,8 +305,11 @@ def rows_of_users(table: pa.Table, user_rows: np.ndarray) -> np.ndarray:
         return np.zeros(0, np.int64)
     column = table["user_row"]
     users = (column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()).to_numpy()
-    starts = np.searchsorted(users, user_rows, side="left")
-    ends = np.searchsorted(users, user_rows, side="right")
+    # Needles of the column's own type: with mixed types numpy would convert (read) the whole column first.
+    limits = np.iinfo(users.dtype)
+    wanted = user_rows[(user_rows >= limits.min) & (user_rows <= limits.max)].astype(users.dtype)
+    starts = np.searchsorted(users, wanted, side="left")
+    ends = np.searchsorted(users, wanted, side="right")
     lengths = ends - starts
     total = int(lengths.sum())
     if total == 0:

@@ -79,12 +79,12 @@ def test_a_segment_chain_that_rebuilds_other_content_than_the_manifest_says_is_n
     s = Store(store)
     path = store / "versions" / "v000006" / "manifest.json"
     manifest = json.loads(path.read_text())
-    name = next(name for name, part in manifest["parts"].items()  # a chain of a base and patches
-                if part["kind"] != "interactions" and len(part.get("segments", [])) >= 2)
-    manifest["parts"][name]["segments"] = manifest["parts"][name]["segments"][:-1]
+    chain = manifest["parts"]["item_vectors"]["segments"]
+    assert len(chain) > 1  # a base and the steps' patches of new rows
+    manifest["parts"]["item_vectors"]["segments"] = chain[:-1]
     path.write_text(json.dumps(manifest))
     problem = _only_problem(store)
-    assert problem.startswith(f"{s.version_dir(6)}: part {name}: its segments ")
+    assert problem.startswith(f"{s.version_dir(6)}: part item_vectors: its segments hold ")
 
 
 @pytest.mark.parametrize("text, fragment", [("v000009\n", "points at v000009, which does not exist"),
