@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-TARGET_RATIO = 20.0
+TARGET_RATIO = 40.0  # issue 19: retrain / step at 12 months
 START = dt.date(2024, 1, 1)
 RESULT_PREFIX = "RESULT "
 PROGRESS_EVERY_SECONDS = 10.0
@@ -183,6 +183,8 @@ def measure_history(data: Path, store: Path, history: int, steps: int, profile: 
         print(f"  bytes written per nightly version vs bytes of the rows that changed: {written / 1e6:.2f} MB vs "
               f"{changed / 1e6:.2f} MB ({written / max(changed, 1):.2f}x; model parts {model[0] / 1e6:.2f} vs "
               f"{model[1] / 1e6:.2f} MB, the rest the partition's history and the manifest)", flush=True)
+    written_per_step = sum(c.written_bytes for c in costs) / len(costs) if costs else float("nan")
+    changed_per_step = sum(c.changed_bytes for c in costs) / len(costs) if costs else float("nan")
     median_step = statistics.median(s["seconds"] for s in step_results) if step_results else float("nan")
     return {
         "history_days": history, "as_of": as_of.isoformat(),
@@ -193,23 +195,24 @@ def measure_history(data: Path, store: Path, history: int, steps: int, profile: 
         "ratio": retrain["seconds"] / median_step if step_results else float("nan"),
         "retrain_version_bytes": version_bytes[0], "step_version_bytes": version_bytes[1:],
         "history_bytes": _bytes_under(store / "history"),
+        "written_per_step": written_per_step, "changed_per_step": changed_per_step,
         "recall@10": [s["metrics"].get("recall@10") for s in step_results],
     }
 
 
 def print_table(results: list[dict]) -> None:
     header = (f"{'history':>8} {'interactions':>13} {'retrain s':>10} {'retrain GB':>10} {'step s':>8} {'step GB':>8} "
-              f"{'ratio':>7} {'MB/version':>10} {'history MB':>10} {'Recall@10':>9} {'load':>5}")
+              f"{'ratio':>7} {'MB/step':>8} {'/changed':>8} {'history MB':>10} {'Recall@10':>9} {'load':>5}")
     print("\n" + header)
     print("-" * len(header))
     for r in results:
-        per_version = [r["retrain_version_bytes"], *r["step_version_bytes"]]
         recalls = [x for x in r["recall@10"] if x is not None]
         recall = sum(recalls) / len(recalls) if recalls else float("nan")
         loads = [r["retrain"]["load"], *(s["load"] for s in r["steps"])]
         print(f"{r['history_days']:>6} d {r['interactions']:>13,} {r['retrain_seconds']:>10.1f} "
               f"{r['retrain_peak_rss'] / 1e9:>10.2f} {r['step_seconds']:>8.2f} {r['step_peak_rss'] / 1e9:>8.2f} "
-              f"{r['ratio']:>6.1f}x {sum(per_version) / len(per_version) / 1e6:>10.2f} {r['history_bytes'] / 1e6:>10.1f} "
+              f"{r['ratio']:>6.1f}x {r['written_per_step'] / 1e6:>8.2f} "
+              f"{r['written_per_step'] / max(r['changed_per_step'], 1):>7.2f}x {r['history_bytes'] / 1e6:>10.1f} "
               f"{recall:>9.4f} {sum(loads) / len(loads):>5.1f}")
     print("\nretrain phases (s, from the manifest's timings) and nightly step phases (median step):")
     for r in results:
@@ -255,10 +258,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{generated['interactions']:,} interactions in the world, {generated['users']:,} users, "
               f"{generated['items']:,} items; {os.cpu_count()} CPUs, load average now {os.getloadavg()[0]:.2f}")
         print_table(results)
-        longest = results[-1]
+        longest, shortest = results[-1], results[0]
         verdict = "PASS" if longest["ratio"] >= TARGET_RATIO else "MISS"
         print(f"\ntarget: full retrain / nightly step >= {TARGET_RATIO:.0f}x at {longest['history_days']} days "
               f"-> {verdict} ({longest['ratio']:.1f}x)")
+        growth = longest["step_seconds"] / shortest["step_seconds"]
+        ratio = longest["written_per_step"] / max(longest["changed_per_step"], 1)
+        for text, ok in ((f"step at {longest['history_days']} days <= 1.0 s: {longest['step_seconds']:.2f} s",
+                          longest["step_seconds"] <= 1.0),
+                         (f"step peak RSS <= 0.5 GB: {longest['step_peak_rss'] / 1e9:.2f} GB",
+                          longest["step_peak_rss"] <= 0.5e9),
+                         (f"step({longest['history_days']} d) / step({shortest['history_days']} d) <= 1.5: {growth:.2f}",
+                          growth <= 1.5),
+                         (f"bytes written per step / bytes of changed rows <= 1.5: {ratio:.2f}x", ratio <= 1.5)):
+            print(f"target: {text} -> {'PASS' if ok else 'MISS'}")
         print(f"total bench time {time.perf_counter() - began:.0f} s")
         if args.json_out:
             report = {"world": {**world, **generated}, "config": config, "histories": results, "target_ratio": TARGET_RATIO,

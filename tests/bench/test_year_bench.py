@@ -21,7 +21,8 @@ def test_the_year_bench_smoke_run_reports_retrain_step_memory_bytes_and_quality(
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     for phase in ("reading partition", "vocabulary", "iALS iteration", "drift reference", "publishing version"):
         assert phase in run.stdout, f"no progress line for {phase!r}"
-    assert "ratio" in run.stdout and "target: full retrain / nightly step >= 20x" in run.stdout
+    assert "ratio" in run.stdout and "target: full retrain / nightly step >= 40x" in run.stdout
+    assert "target: step peak RSS <= 0.5 GB" in run.stdout and "bytes written per step / bytes of changed rows" in run.stdout
 
     result = json.loads(out.read_text())
     histories = result["histories"]
