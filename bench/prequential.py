@@ -5,7 +5,7 @@ chosen on a tuning range of weeks that precedes the scored range.
     python bench/prequential.py [--dataset movielens|online-retail]
                                 [--movielens ../shared/data/ml-latest-small] [--online-retail ../shared/data/online-retail-h1]
                                 [--tune-start D] [--start D] [--end D]
-                                [--variants accrete,accrete_fixed,full_retrain,retrieval,no_decay,frozen_users,rating_objective]
+                                [--variants accrete,accrete_fixed,full_retrain,policy,retrieval,no_decay,frozen_users,rating_objective]
                                 [--max-steps N] [--tune-weeks N] [--young-periods 2] [--work DIR] [--json-out F]
 
 Data sets (converted weekly, Monday to Sunday, into the work directory):
@@ -55,6 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from accrete.pipeline import contract, evaluation  # noqa: E402
 from accrete.pipeline.config import AccreteConfig  # noqa: E402
 from accrete.pipeline.converters import convert_generic  # noqa: E402
+from accrete.pipeline.decision import fired_reasons  # noqa: E402
 from accrete.pipeline.incremental import run_incremental_step  # noqa: E402
 from accrete.pipeline.retrain import run_full_retrain  # noqa: E402
 from accrete.pipeline.movielens import convert_movielens  # noqa: E402
@@ -208,7 +209,7 @@ def bootstrap(data: Path, store: Path, before: dt.date, config: AccreteConfig) -
 
 def run_variant(name: str, config: AccreteConfig, data: Path, store: Path, boot: Path, dates: list[dt.date],
                 full_retrain: bool = False, verbose: bool = True, history: History | None = None,
-                young_periods: int = 2) -> tuple[list[dict], int]:
+                young_periods: int = 2, on_drift: bool = False) -> tuple[list[dict], int]:
     """One incremental step per date from a copy of the bootstrap store (with `full_retrain`, a retrain from
     scratch on everything before each date first). Returns per-week metrics (with `history`, the young-item
     slice too) and the number of steps after which an item row that existed before the step was not
@@ -216,10 +217,14 @@ def run_variant(name: str, config: AccreteConfig, data: Path, store: Path, boot:
     shutil.rmtree(store, ignore_errors=True)
     shutil.copytree(boot, store)
     rows, changed = [], 0
+    due: list[str] = []  # on_drift: the reasons of the step before, which asked for a retrain
     for index, date in enumerate(dates):
         started = time.perf_counter()
-        if full_retrain and index > 0:
-            run_full_retrain(data, store, dates[index - 1], config=config, reason="bench: full retrain")
+        if (full_retrain or due) and index > 0:
+            run_full_retrain(data, store, dates[index - 1], config=config,
+                             reason="; ".join(due) if due else "bench: full retrain")
+            if due and verbose:
+                print(f"  {name:<18} retrained as of {dates[index - 1]}: {'; '.join(due)}", flush=True)
         retrain_seconds = time.perf_counter() - started
         # The young-item slice is the bench's own scoring of the version before the step: not timed.
         young = young_item_metrics(history, store, date, young_periods) if history is not None else {}
@@ -233,7 +238,8 @@ def run_variant(name: str, config: AccreteConfig, data: Path, store: Path, boot:
         frozen = min(len(before), int(after_state.manifest["rows"]["item_trainable_from"]))
         if not full_retrain and after[:frozen].tobytes() != before[:frozen].tobytes():
             changed += 1
-        rows.append({"date": date.isoformat(), "seconds": seconds,
+        due = fired_reasons(step.manifest["drift"]["reasons"]) if on_drift and step.retrain_due else []
+        rows.append({"date": date.isoformat(), "seconds": seconds, "retrained_after": due,
                      **{k: step.manifest["metrics"].get(k) for k in KEYS}, **young})
         if verbose:
             print(f"  {name:<18} {date}  R@10 {_fmt(rows[-1]['recall@10'])}  young-item R@10 "
@@ -417,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
           + (f", profile half-life {chosen['profile_half_life_days']:g} d" if "profile_half_life_days" in chosen else "")
           + " on its own last "
           f"{(chosen.get('tuning') or {}).get('periods')} weeks")
-    configs = {"accrete": auto, "accrete_fixed": tuned, "full_retrain": auto,
+    configs = {"accrete": auto, "accrete_fixed": tuned, "full_retrain": auto, "policy": auto,
                "retrieval": retrieval_config(base, *best_retrieval), **ablations(auto, has_ratings)}
     results, changed = {}, {}
     for name in wanted:
@@ -431,7 +437,11 @@ def main(argv: list[str] | None = None) -> int:
             bootstrap(data, boot, start, configs[name])
         results[name], count = run_variant(name, configs[name], data, work / f"store-{name}", boot, dates,
                                            full_retrain=name == "full_retrain", verbose=verbose, history=history,
-                                           young_periods=young)
+                                           young_periods=young, on_drift=name == "policy")
+        if name == "policy":
+            fired = [(row["date"], row["retrained_after"]) for row in results[name] if row["retrained_after"]]
+            print(f"policy: {len(fired)} drift-triggered retrain(s)" + "".join(
+                f"\n  after {date}: {'; '.join(reasons)}" for date, reasons in fired), flush=True)
         if name != "full_retrain":
             changed[name] = count
     baselines = popularity_baselines(history, dates, (half_life,), young)
