@@ -59,9 +59,12 @@ class ModelConfig:
     # "profile": the profile's half-life (days), chosen at each full retrain among the candidates.
     profile_half_life_days: float = 30.0
     profile_half_life_candidates: tuple[float, ...] = (14.0, 60.0, 3650.0)
-    # "profile": an item's vector is re-solved from all its interactions during its first this many periods
-    # (its arrival included), then frozen (a purchase log: Recall@10 1.20x popularity with 1, 1.29x with 4).
-    young_item_periods: int = 4
+    # "profile": an item's vector is solved from its interactions during its first this many periods (its arrival
+    # included), then frozen. 1 (default) keeps the product's promise: a published item row never moves until the
+    # next full retrain, so an ANN index takes inserts only. More periods re-solve young items as evidence arrives
+    # (a purchase log, exploration harness: Recall@10 1.20x popularity with 1, 1.29-1.30x with 2-8) at the cost of
+    # re-inserting those rows downstream (a delta marks them vector_changed).
+    young_item_periods: int = 1
     # iALS score term `recency_weight * log(time-decayed interaction count)` per item (pipeline/recency.py),
     # recomputed every night with vectors frozen. Half-life tuned on MovieLens 2016 (docs/quality.md);
     # a new item starts with `recency_prior` pseudo-interactions on its arrival day, or, when
