@@ -88,14 +88,13 @@ def solve(opposite: np.ndarray, observed: sp.csr_matrix, *, alpha: float, l2: fl
     else:  # the referenced rows only, columns renumbered in the same (sorted) order
         used, cols = np.unique(cols, return_inverse=True)
         table = np.asarray(opposite[used], np.float64)
-        observed = sp.csr_matrix((np.ones(len(cols)), cols, indptr), shape=(n_rows, len(used)))
     dim = np.asarray(opposite).shape[1]
     # Single-threaded BLAS: these products are dim x dim, too small to share, and on a busy machine a
     # threaded BLAS waits for its threads at every product (a year-scale nightly step: 7.3 s vs 2.2 s;
     # one small solve 0.7 s vs 1 ms at load 8).
     with threadpool_limits(1, "blas"):
         base = (table.T @ table if gram is None else np.asarray(gram, np.float64)) + l2 * np.eye(dim)
-        binary = sp.csr_matrix((np.ones(len(cols)), cols, indptr), shape=observed.shape)
+        binary = sp.csr_matrix((np.ones(len(cols)), cols, indptr), shape=(n_rows, len(table)))
         rhs = alpha * (binary @ table)
         systems = np.broadcast_to(base, (n_rows, dim, dim)).copy()
         for row in np.flatnonzero(counts):  # one small BLAS product per row beats batched outer products

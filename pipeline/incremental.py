@@ -37,10 +37,9 @@ from accrete.pipeline.generation import generation_setting_changes, rating_scale
 from accrete.pipeline.manifest import Manifest
 from accrete.pipeline.recency import add_interactions, add_vocabulary_arrivals, arrival_prior, item_times, seconds
 from accrete.pipeline.sgd import fold_in_spec, positive_level, train_sgd
-from accrete.pipeline import store as store_mod
 from accrete.pipeline.store import ModelState, Store, sha256_of_array
 from accrete.pipeline.tables import (cold_strategy, grow, ids_of, incidence, init_new_rows, interaction_arrays,
-                                     interaction_rows_kept, interaction_weights, seed_for, tokens_table,
+                                     interaction_columns, seed_for, tokens_table,
                                      trainable_boundary)
 
 Progress = Callable[[str], None]
@@ -159,7 +158,6 @@ class Step:
     items: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     ratings: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     times: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    weights: np.ndarray = field(default_factory=lambda: np.zeros(0))
     incidence: sp.csr_matrix | None = None
     # add_cold_rows, read_generation_settings
     user_cold: str = "mean"
@@ -246,11 +244,9 @@ def extend_vocabularies(step: Step) -> None:
     state.item_tokens = pa.concat_tables([state.item_tokens,
                                           tokens_table(partition.items, state.item_vocab, step.n_old_items)])
     step.incidence = incidence(state.item_tokens, step.n_items)
-    step.users, step.items, step.ratings = interaction_arrays(partition.interactions, state.user_vocab,
-                                                               state.item_vocab)
-    kept = interaction_rows_kept(partition.interactions, state.user_vocab, state.item_vocab)
+    step.users, step.items, step.ratings, kept = interaction_columns(partition.interactions, state.user_vocab,
+                                                                      state.item_vocab)
     step.times = partition.interactions["timestamp"].to_numpy().astype(np.float64)[kept]
-    step.weights = interaction_weights(partition.interactions)[kept]
 
 
 def add_cold_rows(step: Step) -> None:
@@ -316,7 +312,8 @@ def evaluate_before_training(step: Step) -> None:
     test_users, test_items = _evaluation_sample(step)
     # The solved-user policies refold every active user from their history; profiles need only the scored ones'.
     refolds = step.objective == "ials" and step.scoring == "dot"
-    step.history_users, step.history_items = _history_of(step, np.unique(step.users if refolds else test_users))
+    step.history_users, step.history_items = step.store.consumed_pairs(state, np.unique(step.users if refolds else
+                                                                                        test_users))
     seen = evaluation.seen_matrix(step.history_users, step.history_items, step.n_users, step.n_items)
     uses_bias = evaluation.uses_item_bias(step.objective, config.model.use_bias)
     term = state.item_bias if uses_bias else None
@@ -351,20 +348,6 @@ def _evaluation_sample(step: Step) -> tuple[np.ndarray, np.ndarray]:
     chosen = np.random.default_rng(step.seed(7)).choice(distinct, limit, replace=False)
     keep = np.isin(step.users, chosen)
     return step.users[keep], step.items[keep]
-
-
-def _history_of(step: Step, user_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(user rows, item rows) of the given users' consumed interactions, read by row from the parent version's
-    history parts (the pages of these users only); a store written before row-addressed history (until its
-    next publish adds it) is read whole and filtered."""
-    if store_mod.has_parts(step.parent):
-        rows = step.store.user_interactions(user_rows, version=step.state.version)
-        return (rows["user_row"].to_numpy().astype(np.int64, copy=False),
-                rows["item_row"].to_numpy().astype(np.int64, copy=False))
-    history = step.store.read_history(step.applied)
-    users = step.state.user_vocab.lookup(history["user_id"])
-    mine = np.isin(users, user_rows)
-    return users[mine], step.state.item_vocab.lookup(history["item_id"])[mine]
 
 
 def unannounced_arrivals(step: Step) -> np.ndarray:
@@ -481,12 +464,11 @@ def _profile_step(step: Step) -> dict[str, Any]:
     assert step.profiles is not None and step.recency is not None
     clock = time.perf_counter()
     young = profiles_mod.YoungInteractions.from_reference(state.reference).since(step.item_from).plus(
-        step.users, step.items, step.weights, step.item_from)
-    state.item_vectors = profiles_mod.solve_items(state.item_vectors, step.profiles.grown(step.n_users), young.users,
-                                                  young.items, step.item_from, alpha=model.ials_alpha,
-                                                  l2=model.ials_l2)
-    step.young = young
+        step.users, step.items, step.item_from)
     before = step.profiles.grown(step.n_users)
+    state.item_vectors = profiles_mod.solve_items(state.item_vectors, before, young.users, young.items, step.item_from,
+                                                  alpha=model.ials_alpha, l2=model.ials_l2)
+    step.young = young
     step.profiles, touched = profiles_mod.add_interactions(
         before, step.users, step.items, step.times, state.item_vectors,
         anchor_s=seconds(dt.date.fromisoformat(step.recency["anchor"])),

@@ -147,31 +147,30 @@ def from_version(user_vectors: np.ndarray, reference: dict[str, np.ndarray]) -> 
 @dataclass(frozen=True)
 class YoungInteractions:
     """The interactions of the young items (those still re-solved each night), kept with a version so that a night
-    re-solves them without reading the history: (user row, item row, weight) triples, few by construction."""
+    re-solves them without reading the history: (user row, item row) pairs, few by construction. (The solve reads
+    only which pairs exist; versions written with a `young_weights` array still load.)"""
 
     users: np.ndarray
     items: np.ndarray
-    weights: np.ndarray
 
-    KEYS = ("young_users", "young_items", "young_weights")
+    KEYS = ("young_users", "young_items")
 
     @classmethod
     def from_reference(cls, reference: dict[str, np.ndarray]) -> "YoungInteractions":
         if cls.KEYS[0] not in reference:
-            return cls(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0))
+            return cls(np.zeros(0, np.int64), np.zeros(0, np.int64))
         return cls(*(np.asarray(reference[key]) for key in cls.KEYS))
 
     def since(self, first_row: int) -> "YoungInteractions":
         """Those of the items from `first_row` on (older ones froze)."""
         keep = self.items >= first_row
-        return YoungInteractions(self.users[keep], self.items[keep], self.weights[keep])
+        return YoungInteractions(self.users[keep], self.items[keep])
 
-    def plus(self, users: np.ndarray, items: np.ndarray, weights: np.ndarray, first_row: int) -> "YoungInteractions":
+    def plus(self, users: np.ndarray, items: np.ndarray, first_row: int) -> "YoungInteractions":
         """With a night's interactions of the items from `first_row` on added."""
         keep = items >= first_row
         return YoungInteractions(np.concatenate([self.users, users[keep]]).astype(np.int64),
-                                 np.concatenate([self.items, items[keep]]).astype(np.int64),
-                                 np.concatenate([self.weights, weights[keep]]).astype(np.float64))
+                                 np.concatenate([self.items, items[keep]]).astype(np.int64))
 
     def to_reference(self) -> dict[str, np.ndarray]:
-        return dict(zip(self.KEYS, (self.users, self.items, self.weights)))
+        return dict(zip(self.KEYS, (self.users, self.items)))

@@ -17,7 +17,7 @@ import scipy.sparse as sp
 
 from accrete.pipeline import evaluation, scoring, two_stage
 from accrete.pipeline.errors import AccreteError
-from accrete.pipeline.store import ModelState, Store, has_parts
+from accrete.pipeline.store import ModelState, Store
 
 
 class UnknownIdError(AccreteError):
@@ -75,17 +75,11 @@ def seen_items(store: Store, state: ModelState, user_rows: np.ndarray | None = N
     The one place that reads seen items.
     """
     shape = (len(state.user_vectors), len(state.item_vectors))
-    if user_rows is not None and has_parts(state.manifest):
-        rows = store.user_interactions(np.asarray(user_rows, np.int64), version=state.version)
-        return evaluation.seen_matrix(rows["user_row"].to_numpy().astype(np.int64),
-                                      rows["item_row"].to_numpy().astype(np.int64), *shape)
-    history = store.read_history(state.partitions)
-    users = state.user_vocab.lookup(history["user_id"])
-    items = state.item_vocab.lookup(history["item_id"])
     if user_rows is not None:
-        mine = np.isin(users, user_rows)
-        users, items = users[mine], items[mine]
-    return evaluation.seen_matrix(users, items, *shape)
+        return evaluation.seen_matrix(*store.consumed_pairs(state, user_rows), *shape)
+    history = store.read_history(state.partitions)
+    return evaluation.seen_matrix(state.user_vocab.lookup(history["user_id"]),
+                                  state.item_vocab.lookup(history["item_id"]), *shape)
 
 
 def ranker(state: ModelState, index: Any = None, c: int = two_stage.DEFAULT_C) -> two_stage.TwoStageRanker:

@@ -25,7 +25,7 @@ from accrete.pipeline.recency import add_interactions, add_vocabulary_arrivals, 
 from accrete.pipeline.reservoir import ReplayReservoir
 from accrete.pipeline.sgd import train_sgd
 from accrete.pipeline.store import ModelState, Store, _json_default, sha256_of_array
-from accrete.pipeline.tables import (empty_tokens, ids_of, interaction_arrays, interaction_rows_kept, interaction_weights,
+from accrete.pipeline.tables import (empty_tokens, ids_of, interaction_arrays, interaction_columns, interaction_weights,
                                      seed_for, tokens_table)
 from accrete.pipeline.vocabulary import Vocabulary
 
@@ -142,8 +142,7 @@ def _full_retrain(config: AccreteConfig, data_dir: Path, store: Store, as_of: dt
         raise PartitionOrderError(f"{data_dir}: no interactions to train on up to {as_of}")
     progress(f"vocabulary: {training_data.num_rows:,} interactions to rows of {len(user_vocab) - 1:,} users, "
              f"{len(item_vocab) - 1:,} items")
-    users, items, ratings = interaction_arrays(training_data, user_vocab, item_vocab)
-    keep_rows = interaction_rows_kept(training_data, user_vocab, item_vocab)
+    users, items, ratings, keep_rows = interaction_columns(training_data, user_vocab, item_vocab)
     n_users, n_items = len(user_vocab), len(item_vocab)
     rng = np.random.default_rng(seed_for(config.model.seed, as_of, 5))
     dim = config.model.dim

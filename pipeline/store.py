@@ -416,6 +416,19 @@ class Store:
         return {name: record for name, record in (manifest.get("parts") or {}).items()
                 if record.get("kind") == "interactions"}
 
+    def consumed_pairs(self, state: ModelState, user_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(user rows, item rows) of the consumed interactions of the given users in `state`'s version (rows of its
+        vocabularies): read by row from the history parts (those users' pages only), or, on a store written before
+        them, from the whole consumed history, filtered."""
+        if has_parts(state.manifest):
+            rows = self.user_interactions(np.asarray(user_rows, np.int64), version=state.version)
+            return (rows["user_row"].to_numpy().astype(np.int64, copy=False),
+                    rows["item_row"].to_numpy().astype(np.int64, copy=False))
+        history = self.read_history(state.partitions)
+        users = state.user_vocab.lookup(history["user_id"])
+        mine = np.isin(users, user_rows)
+        return users[mine], state.item_vocab.lookup(history["item_id"])[mine]
+
     def user_interactions(self, user_rows: Any, *, version: int | None = None, upto: dt.date | None = None) -> pa.Table:
         """The consumed interactions of the given user rows (in `version`'s vocabulary, default CURRENT),
         without reading the rest of history: columns `user_row`, `item_row` (int64), `timestamp` and any

@@ -115,16 +115,20 @@ def seed_for(seed: int, date: dt.date, salt: int) -> int:
 
 
 def interaction_arrays(interactions: pa.Table, user_vocab: Vocabulary, item_vocab: Vocabulary):
+    """User rows, item rows and ratings of the interactions whose IDs are both in the vocabularies."""
+    users, items, ratings, _ = interaction_columns(interactions, user_vocab, item_vocab)
+    return users, items, ratings
+
+
+def interaction_columns(interactions: pa.Table, user_vocab: Vocabulary,
+                        item_vocab: Vocabulary) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`interaction_arrays` and the mask of the interactions it kept (to align other columns with them), from one
+    lookup of the IDs."""
     users = user_vocab.lookup(interactions["user_id"])
     items = item_vocab.lookup(interactions["item_id"])
     ratings = interactions["rating"].to_numpy().astype(np.float32) if interactions.num_rows else np.zeros(0, np.float32)
     keep = (users > 0) & (items > 0)
-    return users[keep], items[keep], ratings[keep]
-
-
-def interaction_rows_kept(interactions: pa.Table, user_vocab: Vocabulary, item_vocab: Vocabulary) -> np.ndarray:
-    """The mask of the interactions `interaction_arrays` keeps (both IDs in the vocabularies)."""
-    return (user_vocab.lookup(interactions["user_id"]) > 0) & (item_vocab.lookup(interactions["item_id"]) > 0)
+    return users[keep], items[keep], ratings[keep], keep
 
 
 def interaction_weights(interactions: pa.Table) -> np.ndarray:

@@ -193,8 +193,7 @@ class ProfileChoice:
 def choose_profile_recipe(users: np.ndarray, items: np.ndarray, times: np.ndarray, *, period_starts: np.ndarray,
                           user_created: np.ndarray, item_created: np.ndarray, weights: Sequence[float],
                           half_lives: Sequence[float], profile_half_lives: Sequence[float], min_users: int,
-                          prior: float, dim: int, alpha: float, l2: float, iterations: int, seed: int,
-                          interaction_weights: np.ndarray | None = None) -> ProfileChoice:
+                          prior: float, dim: int, alpha: float, l2: float, iterations: int, seed: int) -> ProfileChoice:
     """`choose_recency` for the profile recipe (`pipeline.profiles`): the holdout replayed as the nightly steps
     would run it (score, then solve the period's new items against the queries and add the period to the
     profiles and counts), for every (profile half-life, count half-life, weight); best Recall@10 wins, ties to the
@@ -206,7 +205,6 @@ def choose_profile_recipe(users: np.ndarray, items: np.ndarray, times: np.ndarra
     from accrete.pipeline import profiles as profiles_mod, scoring
 
     users, items, times = (np.asarray(a) for a in (users, items, times))
-    strength = np.ones(len(users)) if interaction_weights is None else np.asarray(interaction_weights, np.float64)
     period_of = np.searchsorted(period_starts, times, side="right") - 1
     period_users = [len(np.unique(users[period_of == p])) for p in range(len(period_starts))]
     n_holdout = holdout_periods(period_users, min_users)
@@ -225,7 +223,7 @@ def choose_profile_recipe(users: np.ndarray, items: np.ndarray, times: np.ndarra
     fitted[np.bincount(items[before], minlength=n_items) == 0] = 0.0  # solved from their first period on
     vectors = {p: fitted.copy() for p in profile_lives}
     state = {p: profiles_mod.build(n_users, users[before], items[before], times[before], fitted, anchor_s=start,
-                                   half_life_days=p, weights=strength[before]) for p in profile_lives}
+                                   half_life_days=p) for p in profile_lives}
     half_lives_used = sorted({h for h, _ in pairs})
     counts = {h: _arrive(np.full(n_items, -np.inf), np.flatnonzero((item_created < start) & (np.arange(n_items) > 0)),
                          item_created, prior, start, h) for h in half_lives_used}
@@ -264,8 +262,7 @@ def choose_profile_recipe(users: np.ndarray, items: np.ndarray, times: np.ndarra
                 vectors[life] = profiles_mod.solve_items(vectors[life], state[life], p_users, p_items, n_old_items,
                                                 alpha=alpha, l2=l2)
                 state[life], _ = profiles_mod.add_interactions(state[life], p_users, p_items, times[in_p],
-                                                               vectors[life], anchor_s=start, half_life_days=life,
-                                                               weights=strength[in_p])
+                                                               vectors[life], anchor_s=start, half_life_days=life)
             counts = {h: recency.accumulate(c, p_items, times[in_p], anchor_s=start, half_life_days=h)
                       for h, c in counts.items()}
             history_users = np.concatenate([history_users, p_users])
