@@ -86,15 +86,11 @@ def choose_recency(users: np.ndarray, items: np.ndarray, times: np.ndarray, *, p
     from accrete.models import ials
 
     users, items, times = (np.asarray(a) for a in (users, items, times))
-    period_of = np.searchsorted(period_starts, times, side="right") - 1
-    period_users = [len(np.unique(users[period_of == p])) for p in range(len(period_starts))]
-    n_holdout = holdout_periods(period_users, min_users)
     pairs = sorted({(float(h), float(w)) for h in half_lives for w in weights})
-    in_creation_order = bool(np.all(np.diff(user_created) >= 0) and np.all(np.diff(item_created) >= 0))
-    if n_holdout == 0 or not pairs or not in_creation_order:
+    plan = _holdout(users, times, period_starts, user_created, item_created, min_users)
+    if plan is None or not pairs:
         return RecencyChoice(None, None, {}, 0, 0, None)
-    first = len(period_starts) - n_holdout
-    start = float(period_starts[first])
+    period_of, n_holdout, first, start = plan
     n_users, n_items = len(user_created), len(item_created)
 
     before = times < start
@@ -103,10 +99,7 @@ def choose_recency(users: np.ndarray, items: np.ndarray, times: np.ndarray, *, p
         iterations=min(iterations, FIT_ITERATIONS), seed=seed)
     user_vectors[np.bincount(users[before], minlength=n_users) == 0] = 0.0  # rows the fit never saw: solved
     item_vectors[np.bincount(items[before], minlength=n_items) == 0] = 0.0  # from their first period on
-    counts = {h: _arrive(np.full(n_items, -np.inf), np.flatnonzero((item_created < start) & (np.arange(n_items) > 0)),
-                         item_created, prior, start, h) for h, _ in pairs}
-    counts = {h: recency.accumulate(c, items[before], times[before], anchor_s=start, half_life_days=h)
-              for h, c in counts.items()}
+    counts = _counts_before(sorted({h for h, _ in pairs}), items[before], times[before], item_created, prior, start)
 
     hits = dict.fromkeys(pairs, 0.0)
     evaluated = 0
@@ -144,6 +137,30 @@ def choose_recency(users: np.ndarray, items: np.ndarray, times: np.ndarray, *, p
     recall = {pair: hits[pair] / evaluated for pair in pairs}
     half_life, weight = max(pairs, key=lambda pair: (recall[pair], -pair[1], pair[0]))
     return RecencyChoice(weight, half_life, recall, n_holdout, evaluated, start)
+
+
+def _holdout(users: np.ndarray, times: np.ndarray, period_starts: np.ndarray, user_created: np.ndarray,
+             item_created: np.ndarray, min_users: int) -> tuple[np.ndarray, int, int, float] | None:
+    """The replay's plan: each interaction's period, the holdout's length, its first period and that period's start
+    (Unix seconds); None when nothing can be tuned (no holdout with `min_users`, or rows not in creation order)."""
+    period_of = np.searchsorted(period_starts, times, side="right") - 1
+    period_users = [len(np.unique(users[period_of == p])) for p in range(len(period_starts))]
+    n_holdout = holdout_periods(period_users, min_users)
+    in_creation_order = bool(np.all(np.diff(user_created) >= 0) and np.all(np.diff(item_created) >= 0))
+    if n_holdout == 0 or not in_creation_order:
+        return None
+    first = len(period_starts) - n_holdout
+    return period_of, n_holdout, first, float(period_starts[first])
+
+
+def _counts_before(half_lives: Sequence[float], items: np.ndarray, times: np.ndarray, item_created: np.ndarray,
+                   prior: float, start: float) -> dict[float, np.ndarray]:
+    """Per half-life, the anchored log counts (anchor `start`) of the items created before `start`: their arrival
+    prior and the interactions before the holdout."""
+    n_items = len(item_created)
+    existing = np.flatnonzero((item_created < start) & (np.arange(n_items) > 0))
+    return {h: recency.accumulate(_arrive(np.full(n_items, -np.inf), existing, item_created, prior, start, h), items,
+                                  times, anchor_s=start, half_life_days=h) for h in half_lives}
 
 
 def _sample_users(period_users: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarray:
@@ -205,16 +222,12 @@ def choose_profile_recipe(users: np.ndarray, items: np.ndarray, times: np.ndarra
     from accrete.pipeline import profiles as profiles_mod, scoring
 
     users, items, times = (np.asarray(a) for a in (users, items, times))
-    period_of = np.searchsorted(period_starts, times, side="right") - 1
-    period_users = [len(np.unique(users[period_of == p])) for p in range(len(period_starts))]
-    n_holdout = holdout_periods(period_users, min_users)
     pairs = sorted({(float(h), float(w)) for h in half_lives for w in weights})
     profile_lives = sorted({float(p) for p in profile_half_lives})
-    in_creation_order = bool(np.all(np.diff(user_created) >= 0) and np.all(np.diff(item_created) >= 0))
-    if n_holdout == 0 or not pairs or not profile_lives or not in_creation_order:
+    plan = _holdout(users, times, period_starts, user_created, item_created, min_users)
+    if plan is None or not pairs or not profile_lives:
         return ProfileChoice(None, None, None, {}, 0, 0, None)
-    first = len(period_starts) - n_holdout
-    start = float(period_starts[first])
+    period_of, n_holdout, first, start = plan
     n_users, n_items = len(user_created), len(item_created)
 
     before = times < start
@@ -224,11 +237,7 @@ def choose_profile_recipe(users: np.ndarray, items: np.ndarray, times: np.ndarra
     vectors = {p: fitted.copy() for p in profile_lives}
     state = {p: profiles_mod.build(n_users, users[before], items[before], times[before], fitted, anchor_s=start,
                                    half_life_days=p) for p in profile_lives}
-    half_lives_used = sorted({h for h, _ in pairs})
-    counts = {h: _arrive(np.full(n_items, -np.inf), np.flatnonzero((item_created < start) & (np.arange(n_items) > 0)),
-                         item_created, prior, start, h) for h in half_lives_used}
-    counts = {h: recency.accumulate(c, items[before], times[before], anchor_s=start, half_life_days=h)
-              for h, c in counts.items()}
+    counts = _counts_before(sorted({h for h, _ in pairs}), items[before], times[before], item_created, prior, start)
 
     candidates = [(p, h, w) for p in profile_lives for h, w in pairs]
     hits = dict.fromkeys(candidates, 0.0)
